@@ -1,0 +1,254 @@
+/*
+ * test_sched.c -- the scheduler: fairness between a hot actor and the
+ * rest, cross-thread wake-ups, migration to idle workers, many actors
+ * with many messages in flight (nothing lost), idle workers sleeping, and
+ * shutdown with busy actors.
+ */
+#include <sys/resource.h>
+
+#include "tt.h"
+#include "tnode.h"
+
+enum { KICK = 1, SELF, PING, TOKEN, DONE };
+
+static atomic_ullong hot_count;
+static atomic_ullong hot_at_ping;
+
+/* Sends itself SELF `arg` times, one per receive: a hot actor. */
+static int hot_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	if (m->tag == KICK)
+		p->k = m->arg;
+	if (m->tag == KICK || m->tag == SELF) {
+		atomic_fetch_add(&hot_count, 1);
+		if (p->n++ < p->k)
+			return tr_send_u64(ctx, tr_self(ctx), SELF, 0);
+	}
+	return TR_OK;
+}
+
+static int other_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	(void)ctx;
+	(void)p;
+	if (m->tag == PING)
+		atomic_store(&hot_at_ping, atomic_load(&hot_count));
+	return TR_OK;
+}
+
+TT_TEST(fairness_hot_actor_does_not_starve)
+{
+	tr_node *n = tn_start(1);
+	atomic_store(&hot_count, 0);
+	atomic_store(&hot_at_ping, 0);
+	probe_cfg hc = {.id = 1, .on_msg = hot_msg};
+	probe_cfg oc = {.id = 2, .on_msg = other_msg};
+	tr_ref h, o;
+	TT_OK(tn_spawn(n, &hc, NULL, &h));
+	TT_OK(tn_spawn(n, &oc, NULL, &o));
+	uint64_t total = tn_quick() ? 200000 : 2000000;
+	TT_OK(tn_send(n, h, KICK, total));
+	while (atomic_load(&hot_count) < 1000)
+		tn_sleep_ms(1);
+	TT_OK(tn_send(n, o, PING, 0));
+	TT_ASSERT(ev_wait_tag(2, PING, 1, 10000));
+	/* The other actor ran long before the hot one finished. */
+	TT_LE(atomic_load(&hot_at_ping), total / 2);
+	uint64_t until = tr_now_ns() + 60000000000ull;
+	while (atomic_load(&hot_count) < total + 1 && tr_now_ns() < until)
+		tn_sleep_ms(2);
+	TT_EQ(atomic_load(&hot_count), total + 1);
+	TT_EQ(tn_stop(n), 0);
+}
+
+/* Token ring over many actors with several tokens in flight. */
+static atomic_ullong hops_done;
+static tr_ref ring[512];
+
+static int ring_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	(void)p;
+	if (m->tag == TOKEN) {
+		atomic_fetch_add(&hops_done, 1);
+		if (m->arg == 0)
+			return TR_OK;
+		unsigned next = (unsigned)(p->cfg->id + 1) % 512; /* id = position */
+		return tr_send_u64(ctx, ring[next], TOKEN, m->arg - 1);
+	}
+	return TR_OK;
+}
+
+TT_TEST(ring_many_tokens_nothing_lost)
+{
+	tr_node *n = tn_start(2);
+	atomic_store(&hops_done, 0);
+	static probe_cfg rc[512];
+	for (int i = 0; i < 512; i++) {
+		rc[i] = (probe_cfg){.id = i, .on_msg = ring_msg};
+		TT_OK(tn_spawn(n, &rc[i], NULL, &ring[i]));
+	}
+	/* The ring position is the probe id: */
+	uint64_t hops = tn_quick() ? 2000 : 20000;
+	int tokens = 16;
+	for (int t = 0; t < tokens; t++)
+		TT_OK(tn_send(n, ring[t * 31 % 512], TOKEN, hops));
+	uint64_t want = (uint64_t)tokens * (hops + 1);
+	uint64_t until = tr_now_ns() + 60000000000ull;
+	while (atomic_load(&hops_done) < want && tr_now_ns() < until)
+		tn_sleep_ms(2);
+	TT_EQ(atomic_load(&hops_done), want);
+	TT_EQ(tn_stop(n), 0);
+}
+
+/* Ping-pong between actors that live on different workers. */
+static int pp_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	if (m->tag == PING) {
+		if (m->arg == 0) {
+			atomic_store(&hops_done, 1);
+			return TR_OK;
+		}
+		return tr_send_u64(ctx, m->from, PING, m->arg - 1);
+	}
+	if (m->tag == KICK) {
+		tr_ref peer;
+		if (tr_whereis(tr_ctx_node(ctx), "pong", &peer) != TR_OK)
+			return TR_EFAILED;
+		return tr_send_u64(ctx, peer, PING, m->arg);
+	}
+	(void)p;
+	return TR_OK;
+}
+
+TT_TEST(cross_worker_ping_pong)
+{
+	tr_node_opts o = {0};
+	o.threads = 2;
+	o.migrate = 2; /* pinned: keep them apart */
+	tr_node *n;
+	TT_OK(tr_node_new(&o, &n));
+	TT_OK(tr_node_start(n));
+	ev_reset();
+	atomic_store(&hops_done, 0);
+	probe_cfg c = {.id = 1, .on_msg = pp_msg};
+	tr_ref a, b;
+	/* External spawns go round robin: a on one worker, b on the other. */
+	TT_OK(tn_spawn(n, &c, "ping", &a));
+	TT_OK(tn_spawn(n, &c, "pong", &b));
+	TT_OK(tn_send(n, a, KICK, tn_quick() ? 2000 : 20000));
+	uint64_t until = tr_now_ns() + 60000000000ull;
+	while (!atomic_load(&hops_done) && tr_now_ns() < until)
+		tn_sleep_ms(1);
+	TT_EQ(atomic_load(&hops_done), 1);
+	int w0 = 0, w1 = 0;
+	uv_mutex_lock(&evlog.mu);
+	for (int i = 0; i < atomic_load(&evlog.n); i++)
+		*(evlog.evs[i].worker == 0 ? &w0 : &w1) += 1;
+	uv_mutex_unlock(&evlog.mu);
+	TT_ASSERT(w0 > 0 && w1 > 0);
+	tr_node_stats ns;
+	tr_node_stats_get(n, &ns);
+	TT_LE(1, ns.wakeups);
+	TT_EQ(ns.migrations, 0);
+	TT_EQ(tn_stop(n), 0);
+}
+
+/* Two busy actors born on one worker: the idle worker takes one. */
+static int busy_parent_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	static probe_cfg hot = {.id = 9, .on_msg = hot_msg};
+	if (m->tag == KICK) {
+		for (int i = 0; i < 4; i++) {
+			tr_ref c;
+			int rc = tr_spawn(ctx, &probe_ops, &hot, NULL, &c);
+			if (rc != TR_OK)
+				return rc;
+			rc = tr_send_u64(ctx, c, KICK, m->arg);
+			if (rc != TR_OK)
+				return rc;
+		}
+	}
+	(void)p;
+	return TR_OK;
+}
+
+TT_TEST(migration_to_idle_worker)
+{
+	tr_node *n = tn_start(2);
+	atomic_store(&hot_count, 0);
+	probe_cfg pc = {.id = 1, .on_msg = busy_parent_msg};
+	tr_ref p;
+	TT_OK(tn_spawn(n, &pc, NULL, &p));
+	uint64_t each = tn_quick() ? 50000 : 300000;
+	TT_OK(tn_send(n, p, KICK, each));
+	uint64_t until = tr_now_ns() + 60000000000ull;
+	while (atomic_load(&hot_count) < 4 * (each + 1) && tr_now_ns() < until)
+		tn_sleep_ms(2);
+	TT_EQ(atomic_load(&hot_count), 4 * (each + 1));
+	tr_node_stats ns;
+	tr_node_stats_get(n, &ns);
+	TT_LE(1, ns.migrations);
+	int w[2] = {0, 0};
+	uv_mutex_lock(&evlog.mu);
+	for (int i = 0; i < atomic_load(&evlog.n); i++)
+		if (evlog.evs[i].who == 9)
+			w[evlog.evs[i].worker & 1]++;
+	uv_mutex_unlock(&evlog.mu);
+	TT_ASSERT(w[0] > 0 && w[1] > 0);
+	TT_EQ(tn_stop(n), 0);
+}
+
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+	       ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Not a speed test: a busy-waiting idle worker would burn a whole core;
+ * a sleeping one uses next to nothing. The bound is loose on purpose. */
+TT_TEST(idle_workers_sleep)
+{
+	tr_node *n = tn_start(2);
+	probe_cfg c = {.id = 1};
+	tr_ref r;
+	TT_OK(tn_spawn(n, &c, NULL, &r));
+	tn_sleep_ms(100);
+	double c0 = cpu_seconds();
+	uint64_t t0 = tr_now_ns();
+	tn_sleep_ms(500);
+	double used = cpu_seconds() - c0;
+	double wall = (double)(tr_now_ns() - t0) / 1e9;
+	fprintf(stderr, "  idle: %.4f s CPU over %.3f s wall\n", used, wall);
+	TT_ASSERT(used < 0.10 * wall);
+	TT_EQ(tn_stop(n), 0);
+}
+
+TT_TEST(shutdown_with_busy_actors)
+{
+	tr_node *n = tn_start(2);
+	atomic_store(&hot_count, 0);
+	static probe_cfg hc[8];
+	for (int i = 0; i < 8; i++) {
+		hc[i] = (probe_cfg){.id = 1, .on_msg = hot_msg};
+		tr_ref r;
+		TT_OK(tn_spawn(n, &hc[i], NULL, &r));
+		TT_OK(tn_send(n, r, KICK, 1000000000ull));
+	}
+	tn_sleep_ms(50);
+	TT_EQ(tn_stop(n), 0); /* returns: busy actors do get stopped */
+	TT_EQ(atomic_load(&probe_terminated), 8);
+}
+
+TT_LIST = {
+	TT_ENTRY(fairness_hot_actor_does_not_starve),
+	TT_ENTRY(ring_many_tokens_nothing_lost),
+	TT_ENTRY(cross_worker_ping_pong),
+	TT_ENTRY(migration_to_idle_worker),
+	TT_ENTRY(idle_workers_sleep),
+	TT_ENTRY(shutdown_with_busy_actors),
+	TT_END,
+};
+
+TT_MAIN()
