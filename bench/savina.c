@@ -243,6 +243,11 @@ static int fj_worker_recv(tr_ctx *ctx, void *st, tr_msg *m)
 static const tr_actor_ops fj_worker_ops = {.name = "fj_worker", .size = sizeof(fj_worker),
                                            .init = fj_worker_init, .receive = fj_worker_recv};
 
+/* Rounds the driver sends before it yields; see fj_driver_recv. */
+#ifndef FJ_ROUNDS
+#define FJ_ROUNDS 16
+#endif
+
 typedef struct fj_driver {
 	tr_ref *workers;
 	uint64_t a, m, round, i;
@@ -263,10 +268,17 @@ static int fj_driver_recv(tr_ctx *ctx, void *st, tr_msg *m)
 			if (rc != TR_OK)
 				return rc;
 		}
-	} else if (m->tag != TR_TAG_WRITABLE) {
+	} else if (m->tag != TR_TAG_WRITABLE && m->tag != PING) {
 		return TR_OK;
 	}
+	/* Cooperative preemption: after FJ_ROUNDS rounds the driver yields
+	 * (a message to itself) so the workers run while their messages are
+	 * still in cache. Erlang's scheduler does this to its driver by
+	 * counting reductions; a troupe actor does it by itself. */
+	uint64_t stop_at = d->round + FJ_ROUNDS;
 	for (; d->round < d->m; d->round++, d->i = 0) {
+		if (d->round == stop_at && d->i == 0)
+			return tr_send_u64(ctx, tr_self(ctx), PING, 0);
 		for (; d->i < d->a; d->i++) {
 			int rc = tr_send_u64(ctx, d->workers[d->i], NUM, d->round);
 			if (rc == TR_EFULL)
@@ -465,7 +477,12 @@ int main(int argc, char **argv)
 	long rss0 = rss_bytes();
 	uint64_t t0 = tr_now_ns();
 	tr_ref driver;
-	rc = tr_node_spawn(node, ops, NULL, NULL, &driver);
+	tr_spawn_opts so = {0};
+	/* The spawner gets one report per live child (up to W at once, plus
+	 * a turn's worth not yet accounted): size its mailbox for that. */
+	if (ops == &spawner_ops)
+		so.mbox.mailbox = (uint32_t)(2 * args[1] + 2 * TR_BATCH_DEFAULT);
+	rc = tr_node_spawn(node, ops, NULL, &so, &driver);
 	tr_msg *m = tr_msg_new();
 	m->tag = GO;
 	m->arg = go;
@@ -490,6 +507,13 @@ int main(int argc, char **argv)
 	printf("peer=troupe bench=%s threads=%u rate=%.1f unit=%s seconds=%.3f\n", bench,
 	       tr_node_threads(node), rate, unit, secs);
 	fflush(stdout);
+	if (getenv("SAVINA_DEBUG") != NULL) {
+		tr_node_stats ns;
+		tr_node_stats_get(node, &ns);
+		fprintf(stderr, "# migrations=%llu wakeups=%llu spawned=%llu\n",
+		        (unsigned long long)ns.migrations, (unsigned long long)ns.wakeups,
+		        (unsigned long long)ns.spawned);
+	}
 	tr_node_shutdown(node, 0);
 	tr_node_wait(node);
 	tr_node_free(node);

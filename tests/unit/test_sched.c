@@ -153,10 +153,27 @@ TT_TEST(cross_worker_ping_pong)
 	TT_EQ(tn_stop(n), 0);
 }
 
-/* Two busy actors born on one worker: the idle worker takes one. */
+/* CPU-heavy actors: each message costs ~50 us of computation, more than
+ * a cross-core hand-off, so spreading them pays. */
+static int heavy_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	if (m->tag == KICK)
+		p->k = m->arg;
+	if (m->tag == KICK || m->tag == SELF) {
+		uint64_t until = tr_now_ns() + 50000;
+		while (tr_now_ns() < until)
+			;
+		atomic_fetch_add(&hot_count, 1);
+		if (p->n++ < p->k)
+			return tr_send_u64(ctx, tr_self(ctx), SELF, 0);
+	}
+	return TR_OK;
+}
+
+/* Four busy actors born on one worker: the idle worker takes some. */
 static int busy_parent_msg(tr_ctx *ctx, probe *p, tr_msg *m)
 {
-	static probe_cfg hot = {.id = 9, .on_msg = hot_msg};
+	static probe_cfg hot = {.id = 9, .on_msg = heavy_msg};
 	if (m->tag == KICK) {
 		for (int i = 0; i < 4; i++) {
 			tr_ref c;
@@ -179,7 +196,7 @@ TT_TEST(migration_to_idle_worker)
 	probe_cfg pc = {.id = 1, .on_msg = busy_parent_msg};
 	tr_ref p;
 	TT_OK(tn_spawn(n, &pc, NULL, &p));
-	uint64_t each = tn_quick() ? 50000 : 300000;
+	uint64_t each = tn_quick() ? 500 : 2000;
 	TT_OK(tn_send(n, p, KICK, each));
 	uint64_t until = tr_now_ns() + 60000000000ull;
 	while (atomic_load(&hot_count) < 4 * (each + 1) && tr_now_ns() < until)

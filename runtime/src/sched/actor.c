@@ -72,7 +72,7 @@ static void terminate(tr__worker *w, tr_actor *a, int init_failed)
 	tr_ref self = tr__ref_of(n, a);
 
 	if (!init_failed && a->ops->terminate != NULL) {
-		tr_ctx ctx = {w, a, NULL, 0, 0};
+		tr_ctx ctx = {w, a, NULL, 0, 0, 0};
 		a->ops->terminate(&ctx, a->state, reason);
 	}
 	if (a->own != NULL) {
@@ -247,7 +247,7 @@ static inline void list_splice(tr_msg **h, tr_msg **t, tr_msg *oh, tr_msg *ot)
 void tr__run_turn(tr__worker *w, tr_actor *a)
 {
 	tr_node *n = w->node;
-	tr_ctx ctx = {w, a, NULL, 0, 0};
+	tr_ctx ctx = {w, a, NULL, 0, 0, 0};
 	uint32_t done_user = 0, k = 0;
 
 	if (a->phead == NULL && a->pshead == NULL) {
@@ -275,6 +275,10 @@ void tr__run_turn(tr__worker *w, tr_actor *a)
 		k++;
 	}
 	uint64_t c1 = tr__cycles();
+	uint32_t turn = (c1 - c0) > UINT32_MAX ? UINT32_MAX : (uint32_t)(c1 - c0);
+	a->last_turn_cyc = turn < a->prev_turn_cyc ? turn : a->prev_turn_cyc;
+	a->prev_turn_cyc = turn;
+	a->last_turn_sends = ctx.sends;
 	/* Owner-only counters; relaxed load+store (no RMW) is enough since
 	 * one thread at a time writes them. */
 	atomic_store_explicit(&a->processed,
@@ -404,6 +408,9 @@ int tr__spawn_on(tr_node *n, tr__worker *w, const tr_actor_ops *ops, const void 
 	a->trap_exit = o.trap_exit;
 	a->stopping = 0;
 	a->stop_reason = 0;
+	a->last_turn_cyc = 0;
+	a->prev_turn_cyc = 0;
+	a->last_turn_sends = 0;
 	a->phead = a->ptail = a->pshead = a->pstail = NULL;
 	atomic_store_explicit(&a->processed, 0, memory_order_relaxed);
 	atomic_store_explicit(&a->mailbox_cyc, 0, memory_order_relaxed);
@@ -449,7 +456,7 @@ int tr__spawn_on(tr_node *n, tr__worker *w, const tr_actor_ops *ops, const void 
 		}
 	}
 	if (rc == TR_OK && ops->init != NULL) {
-		tr_ctx ctx = {w, a, NULL, 0, 0};
+		tr_ctx ctx = {w, a, NULL, 0, 0, 0};
 		rc = ops->init(&ctx, st, arg);
 	}
 	/* init may tr_stop(): with TR_OK the actor starts and stops right
@@ -605,6 +612,8 @@ int tr_send(tr_ctx *ctx, tr_ref to, tr_msg *m)
 {
 	tr_ref self = tr__ref_of(ctx->w->node, ctx->a);
 	m->from = self;
+	if (to.idx != self.idx)
+		ctx->sends++;
 	return tr__deliver(ctx->w->node, to, m, self);
 }
 

@@ -14,6 +14,10 @@
 #define FREE_LOCAL_MAX 2048
 #define FREE_MOVE 512
 
+/* A turn at least this long (CPU) makes an actor worth migrating: about
+ * one cross-core wake-up on the 2-vCPU machines (see sched.h). */
+#define MIGRATE_MIN_US 20
+
 /* ------------------------------------------------------------------ */
 /* clock                                                                */
 
@@ -34,6 +38,11 @@ void tr__clock_calibrate(void)
 uint64_t tr__cycles_to_ns(uint64_t cycles)
 {
 	return (uint64_t)((double)cycles * ns_per_cycle);
+}
+
+uint64_t tr__ns_to_cycles(uint64_t ns)
+{
+	return (uint64_t)((double)ns / ns_per_cycle);
 }
 
 /* ------------------------------------------------------------------ */
@@ -189,6 +198,7 @@ int tr_node_new(const tr_node_opts *opts, tr_node **out)
 		w->async.data = w;
 	}
 	tr__clock_calibrate();
+	n->migrate_min_cyc = tr__ns_to_cycles(MIGRATE_MIN_US * 1000u);
 	*out = n;
 	return TR_OK;
 

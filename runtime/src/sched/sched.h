@@ -30,10 +30,14 @@
  * Work moving. Actors are pinned to their home worker (children start on
  * their parent's worker: messages between them stay on one core and need
  * no wake-up). An idle worker advertises itself in node->idle_mask before
- * it sleeps; a worker with two or more runnable actors gives some of them
- * to an idle worker (migration: home changes only while the actor is
- * queued and not running, so the mailbox and its order are untouched).
- * README, "Scheduler", has the measurements behind this choice.
+ * it sleeps; a worker with two or more runnable actors gives an idle one
+ * the runnable actors whose last turn cost at least MIGRATE_MIN_US of CPU,
+ * at least a quarter of that per message sent to another actor
+ * (migration: home changes only while the actor is queued and not
+ * running, so the mailbox and its order are untouched). Moving an actor
+ * whose turns are shorter than a cross-core wake-up (~20 us on the 2-vCPU
+ * machines) costs more than it gains: chatty message-passing actors stay
+ * together. README, "Scheduler", has the measurements behind this.
  *
  * Memory of actors is type-stable: actor structs live in chunks that are
  * never freed before the node is, and a dead actor's struct is reused for
@@ -100,6 +104,7 @@ static inline uint64_t tr__cycles(void)
 #endif
 }
 uint64_t tr__cycles_to_ns(uint64_t cycles);
+uint64_t tr__ns_to_cycles(uint64_t ns);
 void tr__clock_calibrate(void);
 
 /* ------------------------------------------------------------------ */
@@ -197,6 +202,12 @@ typedef struct tr_actor {
 	uint8_t trap_exit;
 	uint8_t stopping;
 	int32_t stop_reason;
+	/* Cycles of the shorter of its last two turns (saturating). The
+	 * cycle counter is wall time: one turn can look long because the
+	 * thread was preempted; two in a row rarely do. */
+	uint32_t last_turn_cyc;
+	uint32_t prev_turn_cyc;
+	uint32_t last_turn_sends; /* messages it sent to others in that turn */
 	/* Stats written by the owner, read by anyone: relaxed atomics (a
 	 * plain load/store on x86), never read-modify-write. */
 	_Atomic uint64_t processed;
@@ -210,6 +221,7 @@ struct tr_ctx {
 	tr__worker *w;
 	tr_actor *a;
 	tr_msg *cur;    /* the message being received, or NULL */
+	uint32_t sends; /* messages sent to other actors this turn */
 	uint8_t taken;  /* cur was tr_take()n */
 	uint8_t replied;/* cur (an ask) was replied to */
 };
@@ -271,6 +283,7 @@ struct tr_node {
 	tr__worker *workers;
 	uint8_t migrate;
 	uint32_t spin_us;
+	uint64_t migrate_min_cyc; /* a turn this long makes an actor worth moving */
 
 	/* Actor chunks: published with release, read with acquire. */
 	_Atomic(tr_actor *) chunks[TR_MAX_CHUNKS];

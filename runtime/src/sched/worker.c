@@ -142,34 +142,66 @@ static void drain_inbox(tr__worker *w)
 	}
 }
 
+/* Computes more than it talks: its last turn was long, and long per
+ * message it sent to others (self-sends excluded). */
+static inline int worth_moving(const tr_node *n, const tr_actor *a)
+{
+	return a->last_turn_cyc >= n->migrate_min_cyc &&
+	       a->last_turn_cyc / (a->last_turn_sends + 1u) >= n->migrate_min_cyc / 4;
+}
+
 /*
- * Gives some runnable actors to an idle worker. Only queued, not-running
- * actors move; their sched bit stays 1 throughout, so no sender enqueues
- * them concurrently, and their new home is published to senders through
- * the inbox lock and then the actor lock (see sched.h).
+ * Gives an idle worker the runnable actors that are worth moving: those
+ * whose last turn took at least node->migrate_min_cyc (see sched.h). Only
+ * queued, not-running actors move; their sched bit stays 1 throughout, so
+ * no sender enqueues them concurrently, and their new home is published
+ * to senders through the inbox lock and then the actor lock.
  */
 static void maybe_migrate(tr__worker *w)
 {
 	tr_node *n = w->node;
 	if (w->rq_len < 2)
 		return;
-	/* relaxed: the mask is a hint; a stale bit costs one needless move. */
+	/* relaxed: the mask is a hint; a stale bit costs one needless look. */
 	unsigned long long idle = atomic_load_explicit(&n->idle_mask, memory_order_relaxed);
 	idle &= ~(1ULL << w->idx);
 	if (idle == 0)
+		return;
+	/* Anything heavy enough queued? Look at a bounded prefix only. */
+	unsigned heavy = 0, seen = 0;
+	for (tr_actor *a = w->rq_head; a != NULL && seen < 64; a = a->rq_next, seen++)
+		heavy += worth_moving(n, a);
+	if (heavy == 0)
 		return;
 	unsigned v = (unsigned)__builtin_ctzll(idle);
 	unsigned long long bit = 1ULL << v;
 	/* Claim the idle worker so two donors do not both feed it. */
 	if (!(atomic_fetch_and_explicit(&n->idle_mask, ~bit, memory_order_relaxed) & bit))
 		return;
-	unsigned give = w->rq_len / 2;
-	for (unsigned i = 0; i < give; i++) {
-		tr_actor *a = rq_pop(w);
-		atomic_store_explicit(&a->home, v, memory_order_relaxed);
-		post(&n->workers[v], a, NULL);
+	/* Give half of the heavy ones (at least one), keep the rest in order. */
+	unsigned give = heavy / 2 ? heavy / 2 : 1, given = 0;
+	tr_actor *keep_h = NULL, *keep_t = NULL;
+	unsigned kept = 0;
+	tr_actor *a;
+	while ((a = rq_pop(w)) != NULL) {
+		if (given < give && worth_moving(n, a)) {
+			atomic_store_explicit(&a->home, v, memory_order_relaxed);
+			post(&n->workers[v], a, NULL);
+			given++;
+			continue;
+		}
+		a->rq_next = NULL;
+		if (keep_t)
+			keep_t->rq_next = a;
+		else
+			keep_h = a;
+		keep_t = a;
+		kept++;
 	}
-	atomic_fetch_add_explicit(&n->n_migrations, give, memory_order_relaxed);
+	w->rq_head = keep_h;
+	w->rq_tail = keep_t;
+	w->rq_len = kept;
+	atomic_fetch_add_explicit(&n->n_migrations, given, memory_order_relaxed);
 }
 
 static void stop_retry_cb(uv_timer_t *t)
