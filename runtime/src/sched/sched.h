@@ -260,7 +260,11 @@ struct tr__worker {
 	_Alignas(64) tr__spin in_lock;
 	tr_actor *in_head, *in_tail; /* actors made runnable here by others */
 	tr__ctl *ctl_head, *ctl_tail;
-	atomic_bool in_sleep; /* diagnostic */
+	/* The sleep/wake Dekker pair (worker.c): in_pending is set (seq_cst)
+	 * by every post and cleared by the drain; in_sleep is set by the
+	 * worker before it blocks in epoll. */
+	atomic_bool in_pending;
+	atomic_bool in_sleep;
 };
 
 /* The worker the calling thread runs, or NULL for other threads. */

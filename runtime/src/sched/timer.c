@@ -31,12 +31,10 @@ struct tr__timer {
 
 static void unref(tr__timer *t)
 {
-	/* release on the decrement, acquire before the free: every use of
-	 * the timer by other holders happens-before its destruction. */
-	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_release) == 1) {
-		atomic_thread_fence(memory_order_acquire);
+	/* acq_rel: release so our uses happen-before the free, acquire (for
+	 * the last holder) so the others' uses do too. */
+	if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
 		tr__free(t);
-	}
 }
 
 static void close_cb(uv_handle_t *h)
@@ -108,6 +106,9 @@ int tr__timer_start(tr__worker *w, tr_actor *a, int kind, uint32_t tag, uint64_t
 	uv_timer_init(&w->loop, &t->h);
 	t->h.data = t;
 	w->ntimers++;
+	/* libuv counts from the loop's cached clock, which is stale after a
+	 * run of actor turns: refresh it, or the timer fires early. */
+	uv_update_time(&w->loop);
 	uv_timer_start(&t->h, fire, ms, kind == TIMER_EVERY ? (ms ? ms : 1) : 0);
 	*out = t;
 	return TR_OK;

@@ -50,15 +50,18 @@ static void post(tr__worker *w, tr_actor *a, tr__ctl *c)
 			w->ctl_head = c;
 		w->ctl_tail = c;
 	}
+	/* seq_cst store, then (below) seq_cst load of in_sleep: one half of
+	 * the Dekker pair with sleep_then_run(). */
+	if (was_empty)
+		atomic_store_explicit(&w->in_pending, true, memory_order_seq_cst);
 	tr__spin_unlock(&w->in_lock);
 	if (!was_empty)
 		return; /* whoever made it non-empty did the waking */
-	/* Dekker with sleep_then_run(): we stored to the inbox, then load
-	 * the flag; the worker stores the flag, then loads the inbox. With a
-	 * full fence between each pair, at least one side sees the other's
-	 * store, so a worker never sleeps on a non-empty inbox. */
-	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(sleep_flag(w), memory_order_relaxed)) {
+	/* The worker stores in_sleep, then loads in_pending; we store
+	 * in_pending, then load in_sleep; all four are seq_cst, so in their
+	 * single total order at least one side sees the other's store: a
+	 * worker never sleeps on a non-empty inbox unwoken. */
+	if (atomic_load_explicit(sleep_flag(w), memory_order_seq_cst)) {
 		atomic_fetch_add_explicit(&w->node->n_wakeups, 1, memory_order_relaxed);
 		uv_async_send(&w->async);
 	}
@@ -110,15 +113,16 @@ void tr__requeue(tr__worker *w, tr_actor *a)
 
 static int inbox_nonempty(tr__worker *w)
 {
-	tr__spin_lock(&w->in_lock);
-	int r = w->in_head != NULL || w->ctl_head != NULL;
-	tr__spin_unlock(&w->in_lock);
-	return r;
+	return atomic_load_explicit(&w->in_pending, memory_order_seq_cst);
 }
 
 static void drain_inbox(tr__worker *w)
 {
+	/* Cheap check first: posts set in_pending under the lock. */
+	if (!atomic_load_explicit(&w->in_pending, memory_order_acquire))
+		return;
 	tr__spin_lock(&w->in_lock);
+	atomic_store_explicit(&w->in_pending, false, memory_order_relaxed);
 	tr_actor *ah = w->in_head, *at = w->in_tail;
 	tr__ctl *c = w->ctl_head;
 	w->in_head = w->in_tail = NULL;
@@ -239,8 +243,7 @@ static void sleep_then_run(tr__worker *w)
 	}
 	if (n->migrate)
 		atomic_fetch_or_explicit(&n->idle_mask, bit, memory_order_relaxed);
-	atomic_store_explicit(sleep_flag(w), true, memory_order_relaxed);
-	atomic_thread_fence(memory_order_seq_cst); /* Dekker, see post() */
+	atomic_store_explicit(sleep_flag(w), true, memory_order_seq_cst); /* Dekker, see post() */
 	if (!inbox_nonempty(w))
 		uv_run(&w->loop, UV_RUN_ONCE);
 	atomic_store_explicit(sleep_flag(w), false, memory_order_relaxed);
