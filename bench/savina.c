@@ -9,6 +9,12 @@
  *   savina fjthroughput A M     [--threads T]   -> msgs/s
  *   savina spawn N W            [--threads T]   -> spawns/s
  *   savina actor_memory N       [--threads T]   -> bytes/actor
+ *   savina pairs P N            [--threads T]   -> roundtrips/s
+ *       P independent ping-pong pairs (spawned round robin over the
+ *       workers), N round trips each: scaling with cores.
+ *   savina spread A N           [--threads T]   -> msgs/s
+ *       one parent spawns A actors on its worker; each handles N
+ *       messages of ~50 us of computation: scaling through migration.
  *   options: --migrate 0|1 (default 1), --spin US (default 0)
  *
  * Prints one line:
@@ -392,13 +398,87 @@ static long rss_bytes(void)
 	return rss * sysconf(_SC_PAGESIZE);
 }
 
+
+/* ---- pairs (not Savina): independent ping-pong pairs --------------- */
+
+static atomic_uint pairs_left;
+
+static int pair_recv(tr_ctx *ctx, void *st, tr_msg *m)
+{
+	pp *p = st;
+	if (m->tag == GO) {
+		p->left = m->arg;
+		int rc = tr_spawn(ctx, &pong_ops, NULL, NULL, &p->peer);
+		if (rc != TR_OK)
+			return rc;
+	} else if (m->tag == PONG) {
+		if (--p->left == 0) {
+			if (atomic_fetch_sub(&pairs_left, 1) == 1)
+				finish();
+			return TR_OK;
+		}
+	}
+	return tr_send_u64(ctx, p->peer, PING, 0);
+}
+
+static const tr_actor_ops pair_ops = {.name = "pair", .size = sizeof(pp), .receive = pair_recv};
+
+/* ---- spread (not Savina): compute-heavy actors, born on one worker -- */
+
+static atomic_uint spread_left;
+
+typedef struct spreader {
+	uint64_t left;
+	double acc;
+} spreader;
+
+static int spread_recv(tr_ctx *ctx, void *st, tr_msg *m)
+{
+	spreader *s = st;
+	if (m->tag == GO)
+		s->left = m->arg;
+	/* ~50 us of arithmetic per message (a retrieval-scoring-sized step) */
+	for (int i = 0; i < 30000; i++)
+		s->acc = s->acc * 1.0000001 + (double)i;
+	if (--s->left == 0) {
+		if (atomic_fetch_sub(&spread_left, 1) == 1)
+			finish();
+		return TR_OK;
+	}
+	return tr_send_u64(ctx, tr_self(ctx), NUM, 0);
+}
+
+static const tr_actor_ops spreader_ops = {.name = "spreader", .size = sizeof(spreader),
+                                          .receive = spread_recv};
+
+static int spread_parent_recv(tr_ctx *ctx, void *st, tr_msg *m)
+{
+	(void)st;
+	if (m->tag != GO)
+		return TR_OK;
+	uint64_t a = m->arg >> 32, n = m->arg & 0xffffffffu;
+	atomic_store(&spread_left, (unsigned)a);
+	for (uint64_t i = 0; i < a; i++) {
+		tr_ref r;
+		int rc = tr_spawn(ctx, &spreader_ops, NULL, NULL, &r);
+		if (rc == TR_OK)
+			rc = tr_send_u64(ctx, r, GO, n);
+		if (rc != TR_OK)
+			return rc;
+	}
+	return TR_OK;
+}
+
+static const tr_actor_ops spread_parent_ops = {.name = "spread_parent", .size = 0,
+                                               .receive = spread_parent_recv};
+
 /* ---- main ---------------------------------------------------------- */
 
 static int usage(void)
 {
 	fprintf(stderr, "usage: savina pingpong N | threadring R H | counting N | fjthroughput A M |\n"
-	                "              spawn N W | actor_memory N   [--threads T] [--migrate 0|1] "
-	                "[--spin US]\n");
+	                "              spawn N W | actor_memory N | pairs P N | spread A N\n"
+	                "              [--threads T] [--migrate 0|1] [--spin US]\n");
 	return 2;
 }
 
@@ -461,6 +541,16 @@ int main(int argc, char **argv)
 		ops = &mem_driver_ops;
 		go = count = args[0];
 		unit = "bytes/actor";
+	} else if (strcmp(bench, "pairs") == 0 && nargs == 2) {
+		ops = &pair_ops;
+		go = args[1];
+		count = args[0] * args[1];
+		unit = "roundtrips/s";
+	} else if (strcmp(bench, "spread") == 0 && nargs == 2) {
+		ops = &spread_parent_ops;
+		go = (args[0] << 32) | args[1];
+		count = args[0] * args[1];
+		unit = "msgs/s";
 	} else {
 		return usage();
 	}
@@ -477,17 +567,26 @@ int main(int argc, char **argv)
 	long rss0 = rss_bytes();
 	uint64_t t0 = tr_now_ns();
 	tr_ref driver;
+	rc = TR_OK;
 	tr_spawn_opts so = {0};
 	/* The spawner gets one report per live child (up to W at once, plus
 	 * a turn's worth not yet accounted): size its mailbox for that. */
 	if (ops == &spawner_ops)
 		so.mbox.mailbox = (uint32_t)(2 * args[1] + 2 * TR_BATCH_DEFAULT);
-	rc = tr_node_spawn(node, ops, NULL, &so, &driver);
-	tr_msg *m = tr_msg_new();
-	m->tag = GO;
-	m->arg = go;
-	if (rc == TR_OK)
-		rc = tr_node_send(node, driver, m);
+	/* pairs: P drivers spawned from outside go round robin over the
+	 * workers; every other bench has one driver. */
+	uint64_t ndrivers = ops == &pair_ops ? args[0] : 1;
+	atomic_store(&pairs_left, (unsigned)ndrivers);
+	for (uint64_t i = 0; i < ndrivers && rc == TR_OK; i++) {
+		rc = tr_node_spawn(node, ops, NULL, &so, &driver);
+		tr_msg *m = tr_msg_new();
+		m->tag = GO;
+		m->arg = go;
+		if (rc == TR_OK)
+			rc = tr_node_send(node, driver, m);
+		else
+			tr_msg_free(m);
+	}
 	if (rc != TR_OK) {
 		fprintf(stderr, "savina: start: %s\n", tr_strerror(rc));
 		return 1;

@@ -148,9 +148,11 @@ TR_EXTERN void tr_buf_free(tr_buf *b);
 #define TR_MP_MAX_DEPTH 64
 
 /*
- * Appends the msgpack encoding of `m` to `out`. The body must itself be
- * well-formed msgpack (one object) or empty. Returns TR_OK, TR_ENOMEM, or
- * TR_ETOOBIG past TR_MSG_MAX_WIRE (out is then unchanged).
+ * Appends the msgpack encoding of `m` to `out` (wire format: README,
+ * "Wire format"). The body must be one well-formed msgpack object or
+ * empty. Returns TR_OK; TR_EPROTO for a malformed body; TR_EINVAL for an
+ * unknown tenant id, runtime-private flags or a positive err; TR_ETOOBIG
+ * past TR_MSG_MAX_WIRE; TR_ENOMEM. On error `out` is unchanged.
  */
 TR_EXTERN int tr_msg_encode(const tr_msg *m, tr_buf *out);
 
