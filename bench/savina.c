@@ -9,6 +9,8 @@
  *   savina fjthroughput A M     [--threads T]   -> msgs/s
  *   savina spawn N W            [--threads T]   -> spawns/s
  *   savina actor_memory N       [--threads T]   -> bytes/actor
+ *   savina idle_cpu A MS        [--threads T]   -> cpu%
+ *       A idle actors, then MS ms of nothing: process CPU as % of a core.
  *   savina pairs P N            [--threads T]   -> roundtrips/s
  *       P independent ping-pong pairs (spawned round robin over the
  *       workers), N round trips each: scaling with cores.
@@ -28,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -386,6 +389,14 @@ static int mem_driver_recv(tr_ctx *ctx, void *st, tr_msg *m)
 static const tr_actor_ops mem_driver_ops = {.name = "mem_driver", .size = 0,
                                             .receive = mem_driver_recv};
 
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
 static long rss_bytes(void)
 {
 	FILE *f = fopen("/proc/self/statm", "r");
@@ -477,7 +488,7 @@ static const tr_actor_ops spread_parent_ops = {.name = "spread_parent", .size = 
 static int usage(void)
 {
 	fprintf(stderr, "usage: savina pingpong N | threadring R H | counting N | fjthroughput A M |\n"
-	                "              spawn N W | actor_memory N | pairs P N | spread A N\n"
+	                "              spawn N W | actor_memory N | idle_cpu A MS | pairs P N | spread A N\n"
 	                "              [--threads T] [--migrate 0|1] [--spin US]\n");
 	return 2;
 }
@@ -541,6 +552,10 @@ int main(int argc, char **argv)
 		ops = &mem_driver_ops;
 		go = count = args[0];
 		unit = "bytes/actor";
+	} else if (strcmp(bench, "idle_cpu") == 0 && nargs == 2) {
+		ops = &mem_driver_ops; /* spawn A idle actors, then measure */
+		go = count = args[0];
+		unit = "cpu%";
 	} else if (strcmp(bench, "pairs") == 0 && nargs == 2) {
 		ops = &pair_ops;
 		go = args[1];
@@ -592,6 +607,18 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	uv_sem_wait(&finished);
+	double idle_pct = 0;
+	int idle = strcmp(unit, "cpu%") == 0;
+	if (idle) {
+		/* The node now holds A idle actors and nothing to do: CPU time
+		 * of the whole process over MS ms of wall time, as a percentage
+		 * of one core. A worker that polled instead of sleeping would
+		 * show ~100 per thread. */
+		double c0 = cpu_seconds();
+		t0 = tr_now_ns();
+		uv_sleep((unsigned)args[1]);
+		idle_pct = 100.0 * (cpu_seconds() - c0) / ((double)(tr_now_ns() - t0) / 1e9);
+	}
 	uint64_t t1 = tr_now_ns();
 	long rss1 = rss_bytes();
 	double secs = (double)(t1 - t0) / 1e9;
@@ -602,9 +629,10 @@ int main(int argc, char **argv)
 		bad = 1;
 	}
 	double rate = strcmp(unit, "bytes/actor") == 0 ? (double)(rss1 - rss0) / (double)count
-	                                                : (double)count / secs;
-	printf("peer=troupe bench=%s threads=%u rate=%.1f unit=%s seconds=%.3f\n", bench,
-	       tr_node_threads(node), rate, unit, secs);
+	              : strcmp(unit, "cpu%") == 0     ? idle_pct
+	                                              : (double)count / secs;
+	printf("peer=troupe bench=%s threads=%u rate=%.*f unit=%s seconds=%.3f\n", bench,
+	       tr_node_threads(node), idle ? 3 : 1, rate, unit, secs);
 	fflush(stdout);
 	if (getenv("SAVINA_DEBUG") != NULL) {
 		tr_node_stats ns;

@@ -79,7 +79,6 @@ typedef struct tr_spawn_opts {
 	const char *name;    /* register under this name (TR_EEXIST if taken) */
 	tr_actor_opts mbox;  /* non-zero fields override ops->options */
 	uint8_t link;        /* link the new actor to the spawner */
-	uint8_t has_mbox;    /* unused; kept zero */
 } tr_spawn_opts;
 
 /* --- spawning and identity -------------------------------------------- */

@@ -420,6 +420,7 @@ int tr__spawn_on(tr_node *n, tr__worker *w, const tr_actor_ops *ops, const void 
 	if (a->gen == 0)
 		a->gen = 1;
 	a->life = ACTOR_INIT;
+	a->stop_sent = 0;
 	/* sched = 1 during init: messages sent to the newborn (even by its
 	 * own init) queue up without scheduling it before init is done. */
 	a->sched = 1;
@@ -562,8 +563,14 @@ void tr__stop_all(tr_node *n, tr__worker *w)
 	for (unsigned c = nc; c-- > 0;) {
 		for (unsigned i = TR_CHUNK_SIZE; i-- > 0;) {
 			tr_actor *a = tr__actor_at(n, (c << TR_CHUNK_SHIFT) | i);
+			/* One STOP per actor life: the retry timer calls this
+			 * again for actors spawned after the first scan, and
+			 * re-sending to the rest would pile up never-dropped
+			 * system messages faster than a big node can stop. */
 			tr__spin_lock(&a->lock);
-			int live = a->life == ACTOR_ALIVE || a->life == ACTOR_INIT;
+			int live = (a->life == ACTOR_ALIVE || a->life == ACTOR_INIT) && !a->stop_sent;
+			if (live)
+				a->stop_sent = 1;
 			tr_ref r = tr__ref_of(n, a);
 			tr__spin_unlock(&a->lock);
 			if (live)

@@ -176,6 +176,7 @@ typedef struct tr_actor {
 	uint8_t life;      /* ACTOR_* */
 	uint8_t pressure;  /* above hiwat until back at lowat */
 	uint8_t overflow;  /* tr_overflow */
+	uint8_t stop_sent; /* node shutdown already sent this life its STOP */
 	uint32_t gen;
 	uint32_t depth;    /* user messages not yet processed */
 	uint32_t cap, hiwat, lowat;
