@@ -63,24 +63,6 @@ static int pong_recv(tr_ctx *ctx, void *st, tr_msg *m)
 
 static const tr_actor_ops pong_ops = {.name = "pong", .size = 0, .receive = pong_recv};
 
-static int ping_recv(tr_ctx *ctx, void *st, tr_msg *m)
-{
-	pp *p = st;
-	if (m->tag == GO) {
-		p->left = m->arg;
-		int rc = tr_spawn(ctx, &pong_ops, NULL, NULL, &p->peer);
-		if (rc != TR_OK)
-			return rc;
-	} else if (m->tag == PONG) {
-		if (--p->left == 0) {
-			finish();
-			return TR_OK;
-		}
-	}
-	return tr_send_u64(ctx, p->peer, PING, 0);
-}
-
-static const tr_actor_ops ping_ops = {.name = "ping", .size = sizeof(pp), .receive = ping_recv};
 
 /* ---- threadring ---------------------------------------------------- */
 
@@ -525,8 +507,9 @@ int main(int argc, char **argv)
 	const tr_actor_ops *ops;
 	uint64_t go, count;
 	const char *unit;
+	uint64_t ndrivers = 1;
 	if (strcmp(bench, "pingpong") == 0 && nargs == 1) {
-		ops = &ping_ops;
+		ops = &pair_ops; /* one pair */
 		go = count = args[0];
 		unit = "roundtrips/s";
 	} else if (strcmp(bench, "threadring") == 0 && nargs == 2) {
@@ -558,6 +541,7 @@ int main(int argc, char **argv)
 		unit = "cpu%";
 	} else if (strcmp(bench, "pairs") == 0 && nargs == 2) {
 		ops = &pair_ops;
+		ndrivers = args[0];
 		go = args[1];
 		count = args[0] * args[1];
 		unit = "roundtrips/s";
@@ -590,7 +574,6 @@ int main(int argc, char **argv)
 		so.mbox.mailbox = (uint32_t)(2 * args[1] + 2 * TR_BATCH_DEFAULT);
 	/* pairs: P drivers spawned from outside go round robin over the
 	 * workers; every other bench has one driver. */
-	uint64_t ndrivers = ops == &pair_ops ? args[0] : 1;
 	atomic_store(&pairs_left, (unsigned)ndrivers);
 	for (uint64_t i = 0; i < ndrivers && rc == TR_OK; i++) {
 		rc = tr_node_spawn(node, ops, NULL, &so, &driver);
