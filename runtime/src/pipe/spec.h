@@ -1,0 +1,177 @@
+/*
+ * pipe/spec.h -- the configuration model: what a set of Lua pipeline files
+ * declares, after loading and validation, as plain C data.
+ *
+ * The Lua loader (lua/load.c) builds a tr_config; `troupe check` prints
+ * its diagnostics; the node spawns actors, supervisors and pipeline
+ * engines from it; a reload builds a new one and swaps it in.
+ *
+ * Ownership: a tr_config owns everything reachable from it (every string,
+ * array and nested step list) and is freed with tr_config_free(). It is
+ * immutable once loaded and may be read from any thread.
+ *
+ * Durations are microseconds (uint64_t); 0 means "not set" where a field
+ * says so. Every declaration remembers where it came from (file, line)
+ * so that every later error can name it.
+ */
+#ifndef TR_PIPE_SPEC_H
+#define TR_PIPE_SPEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tr_srcpos {
+	const char *file; /* points into tr_config.files */
+	int line;
+} tr_srcpos;
+
+/* Error classes a step may retry on (retry_on = { ... }). */
+enum {
+	TR_RETRY_TIMEOUT = 1 << 0,  /* "timeout": no answer within the step timeout */
+	TR_RETRY_ERROR = 1 << 1,    /* "error": the actor answered with an error */
+	TR_RETRY_OVERLOAD = 1 << 2, /* "overload" (alias "rejected"): mailbox full/refused */
+	TR_RETRY_CRASHED = 1 << 3,  /* "crashed": the actor crashed on the request */
+	TR_RETRY_DEFAULT = TR_RETRY_TIMEOUT | TR_RETRY_OVERLOAD | TR_RETRY_CRASHED
+};
+
+typedef enum tr_step_kind {
+	TR_STEP_CALL = 1, /* step "actor" { ... } */
+	TR_STEP_ROUTE,    /* route "field" { value = {...}, default = {...} } */
+	TR_STEP_PARALLEL  /* parallel { {...}, {...}, join = ... } */
+} tr_step_kind;
+
+typedef struct tr_step tr_step;
+
+typedef struct tr_step_list {
+	tr_step *v; /* owned array */
+	size_t n;
+} tr_step_list;
+
+typedef struct tr_backoff {
+	uint64_t base_us; /* default 10 ms */
+	uint64_t max_us;  /* default 1 s */
+	bool jitter;      /* full jitter: sleep = random(0, min(max, base * 2^k)); default true */
+} tr_backoff;
+
+typedef struct tr_cache_spec {
+	bool on;
+	uint64_t ttl_us;    /* required when on */
+	char **keys;        /* message fields that make the key (tenant is always added) */
+	size_t nkeys;
+	uint32_t capacity;  /* entries (LRU); default 10000 */
+} tr_cache_spec;
+
+typedef struct tr_route_branch {
+	char *value;        /* field value that selects this branch */
+	tr_step_list steps;
+	tr_srcpos pos;
+} tr_route_branch;
+
+typedef enum tr_join {
+	TR_JOIN_ALL = 0,
+	TR_JOIN_FIRST,
+	TR_JOIN_N           /* join = n: the first n branches to succeed */
+} tr_join;
+
+struct tr_step {
+	tr_step_kind kind;
+	tr_srcpos pos;
+	/* `when = function(msg) ... end`: the step runs only when it returns
+	 * a true value. Index into the file's function table (see
+	 * tr_config.nfns), or -1 when absent. */
+	int when_fn;
+	union {
+		struct { /* TR_STEP_CALL */
+			char *actor;          /* a declared actor name */
+			uint64_t timeout_us;  /* required > 0 (default 1 s when absent) */
+			uint64_t first_byte_timeout_us; /* 0 = none (streaming: later issue) */
+			uint32_t retries;     /* extra attempts after the first; default 0 */
+			uint32_t retry_on;    /* TR_RETRY_* mask; default TR_RETRY_DEFAULT */
+			tr_backoff backoff;
+			char *fallback;       /* actor tried after the last failure; NULL = none */
+			tr_cache_spec cache;
+			bool coalesce;        /* share one execution among identical concurrent inputs */
+		} call;
+		struct { /* TR_STEP_ROUTE */
+			char *field;          /* message field to branch on */
+			tr_route_branch *branches; /* owned array */
+			size_t nbranches;
+			tr_step_list dflt;    /* `default = {...}`: required */
+		} route;
+		struct { /* TR_STEP_PARALLEL */
+			tr_step_list *branches; /* owned array of lists */
+			size_t nbranches;
+			tr_join join;
+			uint32_t join_n;      /* for TR_JOIN_N: 1..nbranches */
+		} par;
+	} u;
+};
+
+typedef struct tr_pipeline_spec {
+	char *name;
+	tr_srcpos pos;
+	uint64_t deadline_us;   /* overall; default 30 s */
+	uint32_t max_inflight;  /* runs at once; default 1000 */
+	char *tap;              /* actor that receives step events; NULL = none */
+	tr_step_list steps;
+} tr_pipeline_spec;
+
+/* Overflow policy names map to tr_overflow (troupe/actor.h). */
+typedef struct tr_actor_spec {
+	char *name;
+	tr_srcpos pos;
+	char *kind;             /* built-in kind (tr_kind_find); NULL for a Lua actor */
+	int receive_fn;         /* Lua actor: index of its receive function, else -1 */
+	uint32_t mailbox;       /* 0 = default */
+	uint8_t overflow;       /* tr_overflow; default block */
+	uint32_t instances;     /* >= 1; default 1 */
+	uint32_t batch;         /* 0 = default */
+	/* Remaining keys of the actor table, for the kind to read (model,
+	 * dsn, ...), as one msgpack map; NULL when none. Owned. */
+	unsigned char *config;
+	size_t config_len;
+} tr_actor_spec;
+
+typedef struct tr_supervisor_spec {
+	char *name;
+	tr_srcpos pos;
+	uint8_t strategy;       /* tr_sup_strategy */
+	uint32_t max_restarts;  /* default 3 */
+	uint64_t within_us;     /* default 5 s */
+	char **children;        /* actor or supervisor names, in start order */
+	size_t nchildren;
+} tr_supervisor_spec;
+
+typedef struct tr_node_spec {
+	char *name;             /* default "troupe" */
+	char *http;             /* "host:port"; NULL = no HTTP door */
+	uint32_t threads;       /* 0 = number of CPUs */
+	tr_srcpos pos;
+} tr_node_spec;
+
+typedef struct tr_config {
+	char **files;           /* the files loaded, in order (owned) */
+	size_t nfiles;
+	tr_node_spec node;
+	tr_actor_spec *actors;
+	size_t nactors;
+	tr_supervisor_spec *sups;
+	size_t nsups;
+	tr_pipeline_spec *pipelines;
+	size_t npipelines;
+	/* Lua functions found in the files (receive, when), numbered in the
+	 * order the files create them. Running the same files in a fresh
+	 * sandbox (tr_lua_state_for) recreates them with the same numbers:
+	 * that is how an actor's own lua_State finds its function. */
+	int nfns;
+} tr_config;
+
+void tr_config_free(tr_config *c);
+
+/* Lookups by name; NULL when absent. */
+const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name);
+const tr_supervisor_spec *tr_config_sup(const tr_config *c, const char *name);
+const tr_pipeline_spec *tr_config_pipeline(const tr_config *c, const char *name);
+
+#endif
