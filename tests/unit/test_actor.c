@@ -93,6 +93,25 @@ TT_TEST(stale_refs_and_names)
 	tr_node_stats_get(n, &ns);
 	TT_LE(2, ns.dead_letters);
 	TT_OK(tn_spawn(n, &c, "svc", &r2)); /* the name is free again */
+
+	/* Aliases move atomically between live actors; the actor keeps its
+	 * own name. */
+	tr_ref r3;
+	probe_cfg c3 = {.id = 3};
+	TT_OK(tn_spawn(n, &c3, "svc2", &r3));
+	TT_OK(tr_register_alias(n, "public", r2));
+	TT_OK(tr_whereis(n, "public", &w));
+	TT_ASSERT(tr_ref_eq(w, r2));
+	TT_RC(tr_register(n, "public", r3), TR_EEXIST);
+	TT_OK(tr_register_alias(n, "public", r3));
+	TT_OK(tr_whereis(n, "public", &w));
+	TT_ASSERT(tr_ref_eq(w, r3));
+	TT_OK(tr_whereis(n, "svc2", &w));
+	TT_ASSERT(tr_ref_eq(w, r3));
+	tr_actor_stats st;
+	TT_OK(tr_actor_stats_get(n, r3, &st));
+	TT_ASSERT(strcmp(st.name, "svc2") == 0);
+	TT_RC(tr_register_alias(n, "", r3), TR_EINVAL);
 	TT_EQ(tn_stop(n), 0);
 }
 

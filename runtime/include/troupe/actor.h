@@ -190,6 +190,11 @@ TR_EXTERN int tr_pressure_watch(tr_ctx *ctx, tr_ref target);
  * by a live actor. Names are released when their actor dies. */
 TR_EXTERN int tr_register(tr_node *node, const char *name, tr_ref ref);
 TR_EXTERN int tr_unregister(tr_node *node, const char *name);
+/* Points `name` at `ref` atomically, whoever holds it now: lookups see the
+ * old ref or the new one, never nothing (hot reload moves public names to
+ * the new generation this way). An alias is not released when its actor
+ * dies; it keeps the dead ref (sends give TR_ENOACTOR) until moved. */
+TR_EXTERN int tr_register_alias(tr_node *node, const char *name, tr_ref ref);
 /* Looks a name up: TR_OK and *ref, or TR_ENOTFOUND. */
 TR_EXTERN int tr_whereis(tr_node *node, const char *name, tr_ref *ref);
 

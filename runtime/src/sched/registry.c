@@ -65,15 +65,14 @@ static int alive(tr_node *n, tr_ref r)
 	return 1;
 }
 
-int tr_register(tr_node *n, const char *name, tr_ref ref)
+/* Points `name` at `ref` under the write lock: a live holder other than
+ * `ref` makes it TR_EEXIST unless `force`. */
+static int put(tr_node *n, const char *name, size_t len, tr_ref ref, int force)
 {
-	size_t len = name ? strlen(name) : 0;
-	if (len == 0 || len >= sizeof(((tr__name_ent *)0)->name))
-		return TR_EINVAL;
 	uv_rwlock_wrlock(&n->names_mu);
 	tr__name_ent **p = find(n, name);
 	if (p != NULL && *p != NULL) {
-		if (!tr_ref_eq((*p)->ref, ref) && alive(n, (*p)->ref)) {
+		if (!force && !tr_ref_eq((*p)->ref, ref) && alive(n, (*p)->ref)) {
 			uv_rwlock_wrunlock(&n->names_mu);
 			return TR_EEXIST;
 		}
@@ -96,6 +95,25 @@ int tr_register(tr_node *n, const char *name, tr_ref ref)
 		n->names_len++;
 	}
 	uv_rwlock_wrunlock(&n->names_mu);
+	return TR_OK;
+}
+
+int tr_register_alias(tr_node *n, const char *name, tr_ref ref)
+{
+	size_t len = name ? strlen(name) : 0;
+	if (len == 0 || len >= sizeof(((tr__name_ent *)0)->name))
+		return TR_EINVAL;
+	return put(n, name, len, ref, 1);
+}
+
+int tr_register(tr_node *n, const char *name, tr_ref ref)
+{
+	size_t len = name ? strlen(name) : 0;
+	if (len == 0 || len >= sizeof(((tr__name_ent *)0)->name))
+		return TR_EINVAL;
+	int rc = put(n, name, len, ref, 0);
+	if (rc != TR_OK)
+		return rc;
 
 	/* Remember the name on the actor so its death releases it. */
 	tr_actor *a = tr__actor_lock_ref(n, ref);
