@@ -1,0 +1,1410 @@
+/*
+ * pipe/engine.c -- the pipeline engine actor. See engine.h for the
+ * protocol.
+ *
+ * Design. A run is one request; it executes as one or more fibers. A
+ * fiber walks a stack of step lists (route branches push a list; a
+ * parallel step starts one child fiber per branch and waits for its
+ * join). A fiber is always in exactly one of these states, which is what
+ * makes "exactly one answer per run" checkable:
+ *   RUNNING  walking steps inside advance(), synchronously;
+ *   CALLING  an ask is out: `corr` is in the engine's calls map;
+ *   BACKOFF  a retry timer is set: `timer` is in the timers map;
+ *   PARKED   the target's mailbox was full (overflow=block): the fiber is
+ *            queued on that actor's TR_TAG_WRITABLE, with a deadline
+ *            timer in the timers map;
+ *   JOINING  waiting for child fibers (parallel);
+ *   DONE.
+ * Every way out of CALLING/BACKOFF/PARKED removes the fiber from the map
+ * it was in first, so a late reply or timer finds nothing and is dropped.
+ *
+ * The run's deadline bounds everything: each attempt's timeout is the
+ * step timeout clipped to the time left, and a retry whose backoff would
+ * end past the deadline is not started (the run fails with the step's
+ * last error instead of a later, vaguer deadline error).
+ *
+ * Retries never amplify: a step makes at most 1 + retries attempts in
+ * total, and the fallback actor, tried once after the last failure,
+ * counts as one more attempt of the same step, never restarting the
+ * count.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "lua/tlua.h"
+#include "msg/msg_int.h"
+#include "pipe/engine.h"
+#include "pipe/mp.h"
+#include "sched/sched.h" /* tr__map */
+
+enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u };
+
+#define MAX_NEST 32          /* route/parallel nesting of step lists */
+#define MIN_ATTEMPT_US 1000  /* don't start an attempt with less time left */
+
+typedef enum fstate {
+	F_RUNNING, F_CALLING, F_BACKOFF, F_PARKED, F_JOINING,
+	F_COALESCED, /* waiting for an identical call another fiber leads */
+	F_DONE
+} fstate;
+
+/* Error classes (retry_on). */
+enum { C_TIMEOUT = TR_RETRY_TIMEOUT, C_ERROR = TR_RETRY_ERROR, C_OVERLOAD = TR_RETRY_OVERLOAD,
+       C_CRASHED = TR_RETRY_CRASHED, C_DEADLINE = 1 << 8, C_INVALID = 1 << 9 };
+
+typedef struct run run;
+typedef struct fiber fiber;
+
+typedef struct frame {
+	const tr_step_list *list;
+	size_t i;
+} frame;
+
+struct fiber {
+	run *r;
+	fiber *parent;          /* JOINING parent of a parallel branch */
+	fiber *next_in_run;     /* all fibers of the run */
+	fiber *next_parked;     /* queue of fibers parked on one actor */
+	fstate st;
+	frame stack[MAX_NEST];
+	unsigned depth;
+	tr_body *body;          /* the message: owned reference, a msgpack map */
+	/* the step being called */
+	const tr_step *step;
+	const char *target;     /* actor name now being asked */
+	tr_ref target_ref;
+	uint32_t attempts;      /* across the fallback too */
+	uint8_t on_fallback;
+	uint64_t corr;          /* CALLING */
+	uint64_t timer;         /* BACKOFF / PARKED */
+	uint64_t step_t0;       /* ns, for tap durations */
+	uint64_t attempt_t0;
+	int last_err;           /* tr_err of the last failure */
+	int last_cls;
+	/* JOINING */
+	const tr_step *par;
+	uint32_t par_left;      /* branches still running */
+	uint32_t par_ok;        /* branches succeeded */
+	uint32_t par_need;      /* successes that complete the join */
+	tr_buf par_merged;      /* merged outputs so far (a map), or empty */
+	uint8_t spawning;       /* still starting branches: don't resume yet */
+	/* coalescing (singleflight) */
+	struct flight *flight;  /* the flight this fiber leads or waits on */
+	fiber *next_waiter;
+	tr_buf ckey;            /* cache key of the current step's input */
+};
+
+/*
+ * One coalesced call: the leader fiber runs the step; identical calls
+ * (same actor, same input bytes, same tenant) that start meanwhile wait
+ * on it and all get its outcome. Keyed by hash; the key bytes are kept to
+ * rule out collisions.
+ */
+typedef struct flight {
+	uint64_t hash;
+	tr_buf key;
+	fiber *leader;
+	fiber *waiters;         /* F_COALESCED fibers, in arrival order */
+} flight;
+
+/* A step's result cache: capped LRU with a TTL. */
+typedef struct centry {
+	uint64_t hash;
+	tr_buf key;
+	tr_body *body;
+	uint64_t expires_ns;
+	struct centry *prev, *next; /* LRU: head = most recent */
+} centry;
+
+typedef struct cache {
+	tr__map idx;            /* hash -> centry */
+	centry *head, *tail;
+	uint32_t n;
+} cache;
+
+struct run {
+	tr_msg *req;            /* the RUN ask, taken: answered exactly once */
+	uint64_t deadline_ns;   /* monotonic */
+	uint64_t deadline_us;   /* wall, passed on to steps */
+	uint64_t t0;
+	fiber *fibers;
+	fiber *root;
+	uint8_t answered;
+	uint32_t nlive;         /* fibers not DONE */
+	/* Code that walks a run's fibers across calls that may end the run
+	 * holds it; the free waits for the last release. */
+	uint32_t hold;
+};
+
+/* Per-engine counters, shared with tr_pipe_stats_get readers. */
+typedef struct stats_slot {
+	tr_node *node;
+	char name[64];
+	_Atomic uint64_t v[sizeof(tr_pipe_stats) / sizeof(uint64_t)];
+	struct stats_slot *next;
+} stats_slot;
+
+enum { S_RUNS, S_OK, S_FAILED, S_REFUSED, S_INFLIGHT, S_CALLS, S_RETRIES, S_FALLBACKS,
+       S_CACHE_HITS, S_COALESCED, S_PARKED, S_TAP_SENT, S_TAP_DROPPED };
+
+static uv_mutex_t slots_mu;
+static uv_once_t slots_once = UV_ONCE_INIT;
+static stats_slot *slots;
+
+static void slots_init(void)
+{
+	uv_mutex_init(&slots_mu);
+}
+
+typedef struct engine {
+	const tr_config *cfg;
+	const tr_pipeline_spec *spec;
+	tr_node *node;
+	tr__map calls;          /* corr -> fiber (CALLING) */
+	tr__map timers;         /* timer id -> fiber (BACKOFF, PARKED) */
+	tr__map parked;         /* actor idx -> head fiber of the parked queue */
+	tr__map flights;        /* key hash -> flight (coalesce) */
+	tr__map caches;         /* step address -> cache */
+	uint32_t inflight;
+	uint64_t rng;
+	uint32_t rr;            /* round robin over instances */
+	lua_State *L;           /* for `when` predicates; NULL if none */
+	stats_slot *stats;
+	const char *suffix;     /* generation suffix of actor names, "" if none */
+	uint64_t avg_run_us;    /* EWMA of run durations, for retry_after_ms */
+} engine;
+
+#define STAT_ADD(e, k, d) atomic_fetch_add_explicit(&(e)->stats->v[k], (d), memory_order_relaxed)
+
+static void advance(tr_ctx *ctx, engine *e, fiber *f);
+static void attempt(tr_ctx *ctx, engine *e, fiber *f);
+
+/* ------------------------------------------------------------------ */
+/* small things                                                        */
+
+static uint64_t xrand(engine *e)
+{
+	e->rng ^= e->rng << 13;
+	e->rng ^= e->rng >> 7;
+	e->rng ^= e->rng << 17;
+	return e->rng;
+}
+
+static const char *cls_name(int cls)
+{
+	switch (cls) {
+	case C_TIMEOUT: return "timeout";
+	case C_OVERLOAD: return "overload";
+	case C_CRASHED: return "crashed";
+	case C_DEADLINE: return "deadline";
+	case C_INVALID: return "invalid";
+	default: return "error";
+	}
+}
+
+static int classify(int err)
+{
+	switch (err) {
+	case TR_ETIMEDOUT: return C_TIMEOUT;
+	case TR_EFULL:
+	case TR_EREJECTED:
+	case TR_EDROPPED: return C_OVERLOAD;
+	case TR_ECRASHED:
+	case TR_EKILLED:
+	case TR_ENOACTOR: /* dead or restarting: its supervisor brings it back */
+		return C_CRASHED;
+	default: return C_ERROR;
+	}
+}
+
+static uint64_t time_left_us(const run *r)
+{
+	uint64_t now = tr_now_ns();
+	return r->deadline_ns > now ? (r->deadline_ns - now) / 1000u : 0;
+}
+
+/* Resolves an actor name to a ref in our generation, round robin over
+ * its instances. */
+static int resolve(engine *e, const char *name, tr_ref *ref)
+{
+	const tr_actor_spec *a = tr_config_actor(e->cfg, name);
+	char buf[96];
+	if (a != NULL && a->instances > 1)
+		snprintf(buf, sizeof(buf), "%s#%u%s", name, e->rr++ % a->instances, e->suffix);
+	else
+		snprintf(buf, sizeof(buf), "%s%s", name, e->suffix);
+	return tr_whereis(e->node, buf, ref);
+}
+
+/* ------------------------------------------------------------------ */
+/* taps: fire and forget                                               */
+
+static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int cls)
+{
+	tr_ref to;
+	tr_buf b;
+	msgpack_packer pk;
+	tr_body *body;
+	char trace[33];
+	const run *r = f->r;
+
+	if (e->spec->tap == NULL)
+		return;
+	if (resolve(e, e->spec->tap, &to) != TR_OK) {
+		STAT_ADD(e, S_TAP_DROPPED, 1);
+		return;
+	}
+	snprintf(trace, sizeof(trace), "%016llx%016llx", (unsigned long long)r->req->trace_hi,
+	         (unsigned long long)r->req->trace_lo);
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	int bad = msgpack_pack_map(&pk, cls ? 8 : 7) ||
+	          tr__mp_pack_cstr(&pk, "event") || tr__mp_pack_cstr(&pk, event) ||
+	          tr__mp_pack_cstr(&pk, "pipeline") || tr__mp_pack_cstr(&pk, e->spec->name) ||
+	          tr__mp_pack_cstr(&pk, "step") ||
+	          tr__mp_pack_cstr(&pk, f->target ? f->target : "") ||
+	          tr__mp_pack_cstr(&pk, "attempt") || msgpack_pack_uint32(&pk, f->attempts) ||
+	          tr__mp_pack_cstr(&pk, "step_us") ||
+	          msgpack_pack_uint64(&pk, (tr_now_ns() - f->step_t0) / 1000u) ||
+	          tr__mp_pack_cstr(&pk, "run_us") ||
+	          msgpack_pack_uint64(&pk, (tr_now_ns() - r->t0) / 1000u) ||
+	          tr__mp_pack_cstr(&pk, "trace") || tr__mp_pack_cstr(&pk, trace) ||
+	          (cls && (tr__mp_pack_cstr(&pk, "error") || tr__mp_pack_cstr(&pk, cls_name(cls))));
+	body = bad ? NULL : tr_body_new(b.data, b.len);
+	tr_buf_free(&b);
+	if (body == NULL) {
+		STAT_ADD(e, S_TAP_DROPPED, 1);
+		return;
+	}
+	tr_msg *m = tr_msg_new();
+	if (m == NULL) {
+		tr_body_unref(body);
+		STAT_ADD(e, S_TAP_DROPPED, 1);
+		return;
+	}
+	m->tag = TR_TAG_STEP;
+	m->body = body;
+	m->trace_hi = r->req->trace_hi;
+	m->trace_lo = r->req->trace_lo;
+	m->tenant = r->req->tenant;
+	/* A full tap (any policy) drops the event; a blocked tap's later
+	 * WRITABLE is ignored. The run never waits for its tap. */
+	if (tr_send(ctx, to, m) == TR_OK)
+		STAT_ADD(e, S_TAP_SENT, 1);
+	else
+		STAT_ADD(e, S_TAP_DROPPED, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* answering a run                                                     */
+
+static tr_body *error_body(const fiber *f, int cls, const char *message, uint64_t retry_ms)
+{
+	tr_buf b;
+	msgpack_packer pk;
+	tr_body *body = NULL;
+	int with_step = f != NULL && f->target != NULL;
+	uint32_t n = 3 + (uint32_t)with_step + (retry_ms > 0);
+
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	if (!(msgpack_pack_map(&pk, n) || tr__mp_pack_cstr(&pk, "code") ||
+	      tr__mp_pack_cstr(&pk, cls_name(cls)) ||
+	      (with_step && (tr__mp_pack_cstr(&pk, "step") || tr__mp_pack_cstr(&pk, f->target))) ||
+	      tr__mp_pack_cstr(&pk, "message") || tr__mp_pack_cstr(&pk, message) ||
+	      tr__mp_pack_cstr(&pk, "attempts") ||
+	      msgpack_pack_uint32(&pk, f != NULL ? f->attempts : 0) ||
+	      (retry_ms > 0 && (tr__mp_pack_cstr(&pk, "retry_after_ms") ||
+	                        msgpack_pack_uint64(&pk, retry_ms)))))
+		body = tr_body_new(b.data, b.len);
+	tr_buf_free(&b);
+	return body;
+}
+
+/* Sends the answer to `req`: a result (err TR_OK, body) or an error. */
+static void answer(tr_ctx *ctx, const tr_msg *req, int err, tr_body *body)
+{
+	tr_msg *m = tr_msg_new();
+	if (m == NULL) {
+		tr_body_unref(body);
+		(void)tr_reply_error(ctx, req, err ? err : TR_ENOMEM);
+		return;
+	}
+	m->tag = TR_TAG_RUN;
+	m->body = body;
+	if (err != TR_OK) {
+		m->flags = TR_MSGF_ERROR;
+		m->err = err;
+	}
+	m->trace_hi = req->trace_hi;
+	m->trace_lo = req->trace_lo;
+	m->tenant = req->tenant;
+	(void)tr_reply(ctx, req, m);
+}
+
+/* Takes a fiber out of whatever it waits on. */
+static void flight_leave(tr_ctx *ctx, engine *e, fiber *f);
+
+static void unwait(tr_ctx *ctx, engine *e, fiber *f)
+{
+	void *p;
+	if (f->st == F_CALLING)
+		tr__map_del(&e->calls, f->corr, TR_REF_NONE, &p);
+	if ((f->st == F_BACKOFF || f->st == F_PARKED || f->st == F_COALESCED) && f->timer != 0) {
+		tr__map_del(&e->timers, f->timer, TR_REF_NONE, &p);
+		(void)tr_timer_cancel(ctx, f->timer);
+	}
+	if (f->st == F_PARKED) {
+		tr__map_ent *q = tr__map_get(&e->parked, f->target_ref.idx, TR_REF_NONE);
+		fiber **pp = q ? (fiber **)&q->ptr : NULL;
+		while (pp != NULL && *pp != NULL && *pp != f)
+			pp = &(*pp)->next_parked;
+		if (pp != NULL && *pp == f)
+			*pp = f->next_parked;
+		if (q != NULL && q->ptr == NULL)
+			tr__map_del(&e->parked, f->target_ref.idx, TR_REF_NONE, &p);
+	}
+	f->corr = f->timer = 0;
+	f->next_parked = NULL;
+	if (f->flight != NULL)
+		flight_leave(ctx, e, f);
+}
+
+/* Stops every fiber of the run (or of one parallel parent) from waiting
+ * (late replies and timers then find nothing) and marks it done. */
+static void cut_fibers(tr_ctx *ctx, engine *e, run *r, const fiber *parent)
+{
+	for (fiber *f = r->fibers; f != NULL; f = f->next_in_run) {
+		if (f->st != F_DONE && (parent == NULL || f->parent == parent)) {
+			unwait(ctx, e, f);
+			f->st = F_DONE;
+			r->nlive--;
+		}
+	}
+}
+
+static void run_free(run *r)
+{
+	fiber *f = r->fibers;
+	while (f != NULL) {
+		fiber *next = f->next_in_run;
+		tr_body_unref(f->body);
+		tr_buf_free(&f->par_merged);
+		tr_buf_free(&f->ckey);
+		tr__free(f);
+		f = next;
+	}
+	tr_msg_free(r->req);
+	tr__free(r);
+}
+
+static void run_release(run *r)
+{
+	if (--r->hold == 0 && r->answered)
+		run_free(r);
+}
+
+/* The run is over: answer it (exactly once) and free it, or leave the
+ * free to whoever holds it. */
+static void run_end(tr_ctx *ctx, engine *e, run *r, int err, tr_body *body)
+{
+	uint64_t us = (tr_now_ns() - r->t0) / 1000u;
+	e->avg_run_us = e->avg_run_us ? (e->avg_run_us * 7 + us) / 8 : us;
+	STAT_ADD(e, err == TR_OK ? S_OK : S_FAILED, 1);
+	answer(ctx, r->req, err, body);
+	r->answered = 1;
+	cut_fibers(ctx, e, r, NULL);
+	e->inflight--;
+	STAT_ADD(e, S_INFLIGHT, (uint64_t)-1);
+	if (r->hold == 0)
+		run_free(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* fibers                                                              */
+
+static fiber *fiber_new(run *r, fiber *parent, tr_body *body)
+{
+	fiber *f = tr__calloc(1, sizeof(*f));
+	if (f == NULL)
+		return NULL;
+	f->r = r;
+	f->parent = parent;
+	f->body = tr_body_ref(body);
+	tr_buf_init(&f->par_merged);
+	tr_buf_init(&f->ckey);
+	f->next_in_run = r->fibers;
+	r->fibers = f;
+	r->nlive++;
+	return f;
+}
+
+static void join_branch(tr_ctx *ctx, engine *e, fiber *parent, fiber *child, int ok);
+
+/* A fiber finished its steps (ok) or failed (cls, err, message). */
+static void fiber_end(tr_ctx *ctx, engine *e, fiber *f, int ok, int cls, int err,
+                      const char *message)
+{
+	run *r = f->r;
+	unwait(ctx, e, f);
+	f->st = F_DONE;
+	r->nlive--;
+	if (f->parent != NULL) {
+		f->last_cls = cls;
+		f->last_err = err;
+		join_branch(ctx, e, f->parent, f, ok);
+		return;
+	}
+	if (ok) {
+		run_end(ctx, e, r, TR_OK, tr_body_ref(f->body));
+	} else {
+		tr_body *b = error_body(f, cls, message, 0);
+		run_end(ctx, e, r, err ? err : TR_EFAILED, b);
+	}
+}
+
+static void fail(tr_ctx *ctx, engine *e, fiber *f, int cls, int err, const char *message)
+{
+	if (f->target != NULL)
+		tap(ctx, e, f, cls == C_TIMEOUT ? "timeout" : "error", cls);
+	fiber_end(ctx, e, f, 0, cls, err, message);
+}
+
+/* Replaces the fiber's message with `b` (a new reference). */
+static void set_body(fiber *f, tr_body *b)
+{
+	tr_body_unref(f->body);
+	f->body = b;
+}
+
+/* Ends a join whose outcome is decided: enough branches succeeded, or
+ * all are done. `c` is the branch that decided it (NULL: none). */
+static void join_settle(tr_ctx *ctx, engine *e, fiber *p, const fiber *c)
+{
+	cut_fibers(ctx, e, p->r, p);
+	if (p->par_ok < p->par_need) {
+		if (c != NULL) {
+			p->target = c->target;
+			p->attempts = c->attempts;
+		}
+		fiber_end(ctx, e, p, 0, c && c->last_cls ? c->last_cls : C_ERROR,
+		          c && c->last_err ? c->last_err : TR_EFAILED,
+		          "too few parallel branches succeeded");
+		return;
+	}
+	if (p->par_merged.len > 0) {
+		tr_body *b = tr_body_new(p->par_merged.data, p->par_merged.len);
+		tr_buf_free(&p->par_merged);
+		if (b == NULL) {
+			fiber_end(ctx, e, p, 0, C_ERROR, TR_ENOMEM, "out of memory");
+			return;
+		}
+		set_body(p, b);
+	}
+	advance(ctx, e, p);
+}
+
+static void join_branch(tr_ctx *ctx, engine *e, fiber *p, fiber *c, int ok)
+{
+	p->par_left--;
+	if (ok) {
+		/* Merge the branch's output into the parent's message, in
+		 * completion order: later keys win. */
+		tr_buf out;
+		int first = p->par_merged.len == 0;
+		tr_buf_init(&out);
+		int rc = tr__mp_map_merge(first ? p->body->data : p->par_merged.data,
+		                          first ? p->body->len : p->par_merged.len, c->body->data,
+		                          c->body->len, &out);
+		if (rc == TR_OK) {
+			tr_buf_free(&p->par_merged);
+			p->par_merged = out;
+			p->par_ok++;
+		} else {
+			tr_buf_free(&out);
+			ok = 0;
+			c->last_cls = C_ERROR;
+			c->last_err = rc;
+		}
+	}
+	if (!ok && p->par->u.par.join == TR_JOIN_ALL) {
+		/* One failed branch fails the join; the others are cut off
+		 * (their late replies find no fiber and are dropped). */
+		p->par_ok = 0;
+		p->par_need = 1;
+		join_settle(ctx, e, p, c);
+		return;
+	}
+	if (p->spawning)
+		return; /* parallel_start() settles once every branch started */
+	if (p->par_ok >= p->par_need || p->par_left == 0)
+		join_settle(ctx, e, p, c);
+}
+
+static void parallel_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
+{
+	run *r = f->r;
+	size_t nb = s->u.par.nbranches;
+	f->st = F_JOINING;
+	f->par = s;
+	f->par_left = (uint32_t)nb;
+	f->par_ok = 0;
+	f->par_need = s->u.par.join == TR_JOIN_ALL     ? (uint32_t)nb
+	              : s->u.par.join == TR_JOIN_FIRST ? 1
+	                                               : s->u.par.join_n;
+	f->spawning = 1;
+	r->hold++; /* branches may end the whole run while we loop */
+	for (size_t i = 0; i < nb && !r->answered && f->st == F_JOINING; i++) {
+		fiber *c = fiber_new(r, f, f->body);
+		if (c == NULL) {
+			f->spawning = 0;
+			cut_fibers(ctx, e, r, f);
+			fiber_end(ctx, e, f, 0, C_ERROR, TR_ENOMEM, "out of memory");
+			break;
+		}
+		c->stack[0] = (frame){&s->u.par.branches[i], 0};
+		c->depth = 1;
+		advance(ctx, e, c);
+	}
+	if (!r->answered && f->st == F_JOINING) {
+		f->spawning = 0;
+		/* Branches that finished without a call (when = false, empty
+		 * lists) may have decided the join already. */
+		if (f->par_ok >= f->par_need || f->par_left == 0)
+			join_settle(ctx, e, f, NULL);
+	}
+	run_release(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* coalescing and caching                                              */
+
+static uint64_t fnv64(const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ b[i]) * 1099511628211ull;
+	return h | 1; /* 0 is the maps' empty key */
+}
+
+/* Appends a NUL-terminated string and the run's tenant id to a key. */
+static int key_prefix(const fiber *f, const char *actor, tr_buf *k)
+{
+	uint32_t t = f->r->req->tenant;
+	return tr__buf_append(k, actor, strlen(actor) + 1) || tr__buf_append(k, &t, sizeof(t))
+	           ? TR_ENOMEM
+	           : TR_OK;
+}
+
+/* Settles a flight with its leader's outcome: waiters get the same
+ * result (ok) or the same error. The flight is gone afterwards; an
+ * identical call from now on starts a new one. */
+static void flight_done(tr_ctx *ctx, engine *e, fiber *leader, int ok, int cls, int err,
+                        const char *message)
+{
+	flight *fl = leader->flight;
+	void *p;
+	fiber *w, *next;
+
+	leader->flight = NULL;
+	tr__map_del(&e->flights, fl->hash, TR_REF_NONE, &p);
+	/* Advancing one waiter can end another's run (parallel branches of
+	 * one run): hold every run first, release after. */
+	for (w = fl->waiters; w != NULL; w = w->next_waiter)
+		w->r->hold++;
+	for (w = fl->waiters; w != NULL; w = w->next_waiter) {
+		if (w->r->answered || w->st != F_COALESCED)
+			continue;
+		w->flight = NULL; /* so unwait() does not touch the flight */
+		unwait(ctx, e, w);
+		w->st = F_RUNNING;
+		if (ok) {
+			set_body(w, tr_body_ref(leader->body));
+			tap(ctx, e, w, "end", 0);
+			w->step = NULL;
+			advance(ctx, e, w);
+		} else {
+			w->attempts = leader->attempts;
+			fail(ctx, e, w, cls, err, message);
+		}
+	}
+	for (w = fl->waiters; w != NULL; w = next) {
+		next = w->next_waiter;
+		w->next_waiter = NULL;
+		run_release(w->r);
+	}
+	tr_buf_free(&fl->key);
+	tr__free(fl);
+}
+
+/* `f` leaves its flight without an outcome (cut off, or its own deadline
+ * passed). A leaving leader hands the call to the first waiter, which
+ * starts it from a zero-delay retry timer (never from inside this call:
+ * unwait() runs in the middle of other fibers' bookkeeping). */
+static void flight_leave(tr_ctx *ctx, engine *e, fiber *f)
+{
+	flight *fl = f->flight;
+	void *p;
+	f->flight = NULL;
+	if (fl->leader != f) {
+		fiber **pp = &fl->waiters;
+		while (*pp != NULL && *pp != f)
+			pp = &(*pp)->next_waiter;
+		if (*pp == f)
+			*pp = f->next_waiter;
+		f->next_waiter = NULL;
+		return;
+	}
+	fiber *w = fl->waiters;
+	if (w == NULL) {
+		tr__map_del(&e->flights, fl->hash, TR_REF_NONE, &p);
+		tr_buf_free(&fl->key);
+		tr__free(fl);
+		return;
+	}
+	uint64_t id;
+	fl->waiters = w->next_waiter;
+	w->next_waiter = NULL;
+	fl->leader = w;
+	/* w keeps fl; swap its deadline timer for a retry timer. */
+	if (w->timer != 0) {
+		tr__map_del(&e->timers, w->timer, TR_REF_NONE, &p);
+		(void)tr_timer_cancel(ctx, w->timer);
+		w->timer = 0;
+	}
+	w->st = F_BACKOFF;
+	if (tr_timer_after(ctx, TAG_RETRY, 0, &id) == TR_OK &&
+	    tr__map_put(&e->timers, id, TR_REF_NONE, w) == TR_OK)
+		w->timer = id;
+	/* else: out of memory; w stays parked without a timer and its run
+	 * ends at its deadline check of the next fiber event (rare). */
+}
+
+/* Joins an identical in-flight call (returns 1: f now waits) or makes f
+ * the leader of a new flight (returns 0). */
+static int flight_join(tr_ctx *ctx, engine *e, fiber *f)
+{
+	tr_buf k;
+	tr__map_ent *ent;
+	flight *fl;
+	uint64_t h, id, left = time_left_us(f->r);
+
+	tr_buf_init(&k);
+	if (key_prefix(f, f->target, &k) != TR_OK ||
+	    tr__buf_append(&k, f->body->data, f->body->len) != TR_OK) {
+		tr_buf_free(&k);
+		return 0; /* no memory: just don't coalesce */
+	}
+	h = fnv64(k.data, k.len);
+	ent = tr__map_get(&e->flights, h, TR_REF_NONE);
+	if (ent != NULL) {
+		fl = ent->ptr;
+		int same = fl->key.len == k.len && memcmp(fl->key.data, k.data, k.len) == 0;
+		tr_buf_free(&k);
+		if (!same)
+			return 0; /* hash collision: run it on its own */
+		/* Wait with our own deadline: the leader's may be later. */
+		if (tr_timer_after(ctx, TAG_PARK_DEADLINE, (left + 999) / 1000, &id) != TR_OK ||
+		    tr__map_put(&e->timers, id, TR_REF_NONE, f) != TR_OK)
+			return 0;
+		fiber **pp = &fl->waiters;
+		while (*pp != NULL)
+			pp = &(*pp)->next_waiter;
+		*pp = f;
+		f->flight = fl;
+		f->timer = id;
+		f->st = F_COALESCED;
+		STAT_ADD(e, S_COALESCED, 1);
+		return 1;
+	}
+	fl = tr__calloc(1, sizeof(*fl));
+	if (fl == NULL || tr__map_put(&e->flights, h, TR_REF_NONE, fl) != TR_OK) {
+		tr__free(fl);
+		tr_buf_free(&k);
+		return 0;
+	}
+	fl->hash = h;
+	fl->key = k;
+	fl->leader = f;
+	f->flight = fl;
+	return 0;
+}
+
+static void centry_unlink(cache *c, centry *ce)
+{
+	if (ce->prev)
+		ce->prev->next = ce->next;
+	else
+		c->head = ce->next;
+	if (ce->next)
+		ce->next->prev = ce->prev;
+	else
+		c->tail = ce->prev;
+	ce->prev = ce->next = NULL;
+}
+
+static void centry_free(cache *c, centry *ce)
+{
+	void *p;
+	centry_unlink(c, ce);
+	tr__map_del(&c->idx, ce->hash, TR_REF_NONE, &p);
+	tr_body_unref(ce->body);
+	tr_buf_free(&ce->key);
+	tr__free(ce);
+	c->n--;
+}
+
+/* The cache key of a step call: actor, tenant, then each key field's
+ * value bytes (nil when absent). */
+static int cache_key(const fiber *f, const tr_step *s, tr_buf *k)
+{
+	if (key_prefix(f, s->u.call.actor, k) != TR_OK)
+		return TR_ENOMEM;
+	for (size_t i = 0; i < s->u.call.cache.nkeys; i++) {
+		const unsigned char *v;
+		size_t vlen;
+		const char *name = s->u.call.cache.keys[i];
+		if (tr__mp_map_get(f->body->data, f->body->len, name, &v, &vlen) != TR_OK)
+			v = (const unsigned char *)"\xc0", vlen = 1;
+		if (tr__buf_append(k, name, strlen(name) + 1) || tr__buf_append(k, v, vlen))
+			return TR_ENOMEM;
+	}
+	return TR_OK;
+}
+
+static cache *cache_of(engine *e, const tr_step *s, int create)
+{
+	uint64_t key = (uint64_t)(uintptr_t)s;
+	tr__map_ent *ent = tr__map_get(&e->caches, key, TR_REF_NONE);
+	cache *c;
+	if (ent != NULL || !create)
+		return ent ? ent->ptr : NULL;
+	c = tr__calloc(1, sizeof(*c));
+	if (c != NULL && tr__map_put(&e->caches, key, TR_REF_NONE, c) != TR_OK) {
+		tr__free(c);
+		c = NULL;
+	}
+	return c;
+}
+
+/* Computes f's cache key into f->ckey; returns a fresh cached result for
+ * it (a new body reference) or NULL. */
+static tr_body *cache_get(engine *e, fiber *f, const tr_step *s)
+{
+	cache *c = cache_of(e, s, 0);
+	tr_buf k;
+	tr_body *b = NULL;
+	f->ckey.len = 0;
+	if (cache_key(f, s, &f->ckey) != TR_OK) {
+		f->ckey.len = 0;
+		return NULL;
+	}
+	if (c == NULL)
+		return NULL;
+	k = f->ckey;
+	{
+		tr__map_ent *ent = tr__map_get(&c->idx, fnv64(k.data, k.len), TR_REF_NONE);
+		centry *ce = ent ? ent->ptr : NULL;
+		if (ce != NULL && ce->key.len == k.len && memcmp(ce->key.data, k.data, k.len) == 0) {
+			if (ce->expires_ns <= tr_now_ns()) {
+				centry_free(c, ce);
+			} else {
+				centry_unlink(c, ce); /* most recently used first */
+				ce->next = c->head;
+				if (c->head)
+					c->head->prev = ce;
+				c->head = ce;
+				if (c->tail == NULL)
+					c->tail = ce;
+				b = tr_body_ref(ce->body);
+			}
+		}
+	}
+	return b;
+}
+
+/* Remembers f's result for its step under the key of its input, taken
+ * at call start (best effort: without memory, no entry). */
+static void cache_put(engine *e, fiber *f, const tr_step *s)
+{
+	cache *c = cache_of(e, s, 1);
+	uint32_t cap = s->u.call.cache.capacity ? s->u.call.cache.capacity : 10000;
+	uint64_t h = fnv64(f->ckey.data, f->ckey.len);
+	tr__map_ent *ent;
+	centry *ce;
+
+	if (c == NULL || f->ckey.len == 0)
+		return;
+	ent = tr__map_get(&c->idx, h, TR_REF_NONE);
+	if (ent != NULL)
+		centry_free(c, ent->ptr); /* replaced (or a collision: newest wins) */
+	while (c->n >= cap && c->tail != NULL)
+		centry_free(c, c->tail);
+	ce = tr__calloc(1, sizeof(*ce));
+	if (ce == NULL || tr__map_put(&c->idx, h, TR_REF_NONE, ce) != TR_OK) {
+		tr__free(ce);
+		return;
+	}
+	ce->hash = h;
+	ce->key = f->ckey; /* moves the key into the entry */
+	tr_buf_init(&f->ckey);
+	ce->body = tr_body_ref(f->body);
+	ce->expires_ns = tr_now_ns() + s->u.call.cache.ttl_us * 1000u;
+	ce->next = c->head;
+	if (c->head)
+		c->head->prev = ce;
+	c->head = ce;
+	if (c->tail == NULL)
+		c->tail = ce;
+	c->n++;
+}
+
+static void caches_free(engine *e)
+{
+	for (uint32_t i = 0; i < e->caches.cap; i++) {
+		cache *c = e->caches.ents[i].key ? e->caches.ents[i].ptr : NULL;
+		if (c == NULL)
+			continue;
+		while (c->head != NULL)
+			centry_free(c, c->head);
+		tr__map_free(&c->idx);
+		tr__free(c);
+	}
+	tr__map_free(&e->caches);
+}
+
+/* ------------------------------------------------------------------ */
+/* step calls                                                          */
+
+/* Starts a call step. Returns 1 when it completed at once (a cache hit:
+ * the caller goes on with the next step), 0 when the fiber now waits. */
+static int call_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
+{
+	f->step = s;
+	f->target = s->u.call.actor;
+	f->attempts = 0;
+	f->on_fallback = 0;
+	f->step_t0 = tr_now_ns();
+	f->ckey.len = 0;
+	tap(ctx, e, f, "start", 0);
+	if (s->u.call.cache.on) {
+		tr_body *hit = cache_get(e, f, s);
+		if (hit != NULL) {
+			set_body(f, hit);
+			STAT_ADD(e, S_CACHE_HITS, 1);
+			tap(ctx, e, f, "end", 0);
+			f->step = NULL;
+			f->target = NULL;
+			return 1;
+		}
+	}
+	if (s->u.call.coalesce && flight_join(ctx, e, f))
+		return 0;
+	attempt(ctx, e, f);
+	return 0;
+}
+
+static uint64_t backoff_us(engine *e, const tr_step *s, uint32_t retry)
+{
+	const tr_backoff *b = &s->u.call.backoff;
+	uint64_t d = b->base_us ? b->base_us : 10000;
+	uint64_t max = b->max_us ? b->max_us : 1000000;
+	for (uint32_t i = 1; i < retry && d < max; i++)
+		d *= 2;
+	if (d > max)
+		d = max;
+	/* Full jitter (AWS architecture blog): uniform in [0, d]. */
+	return b->jitter ? xrand(e) % (d + 1) : d;
+}
+
+/* An attempt failed with class `cls`: retry, fall back, or fail. */
+static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
+{
+	const tr_step *s = f->step;
+	run *r = f->r;
+	char msg[160];
+
+	f->last_cls = cls;
+	f->last_err = err;
+	if (!f->on_fallback && (s->u.call.retry_on & cls) && f->attempts < 1 + s->u.call.retries) {
+		uint64_t d = backoff_us(e, s, f->attempts);
+		if (d + MIN_ATTEMPT_US < time_left_us(r)) {
+			uint64_t id;
+			tap(ctx, e, f, "retry", cls);
+			STAT_ADD(e, S_RETRIES, 1);
+			if (tr_timer_after(ctx, TAG_RETRY, (d + 999) / 1000, &id) == TR_OK &&
+			    tr__map_put(&e->timers, id, TR_REF_NONE, f) == TR_OK) {
+				f->st = F_BACKOFF;
+				f->timer = id;
+				return;
+			}
+			fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
+			return;
+		}
+	}
+	if (!f->on_fallback && s->u.call.fallback != NULL && time_left_us(r) > MIN_ATTEMPT_US) {
+		tap(ctx, e, f, "error", cls);
+		f->on_fallback = 1;
+		f->target = s->u.call.fallback;
+		STAT_ADD(e, S_FALLBACKS, 1);
+		attempt(ctx, e, f);
+		return;
+	}
+	snprintf(msg, sizeof(msg), "step '%s' failed after %u attempt%s: %s", f->target,
+	         f->attempts, f->attempts == 1 ? "" : "s", tr_strerror(err));
+	if (f->flight != NULL) {
+		/* Waiters share the outcome; hold our run in case one of them
+		 * is a parallel sibling whose failure ends it. */
+		f->r->hold++;
+		flight_done(ctx, e, f, 0, cls, err, msg);
+		int live = !f->r->answered;
+		run *r = f->r;
+		if (live)
+			fail(ctx, e, f, cls, err, msg);
+		run_release(r);
+		return;
+	}
+	fail(ctx, e, f, cls, err, msg);
+}
+
+static void attempt(tr_ctx *ctx, engine *e, fiber *f)
+{
+	const tr_step *s = f->step;
+	run *r = f->r;
+	uint64_t left = time_left_us(r), timeout, corr;
+	tr_msg *m;
+	int rc;
+
+	f->st = F_RUNNING;
+	if (left < MIN_ATTEMPT_US) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "deadline reached before step '%s'", f->target);
+		fail(ctx, e, f, C_DEADLINE, TR_ETIMEDOUT, msg);
+		return;
+	}
+	timeout = s->u.call.timeout_us ? s->u.call.timeout_us : 1000000;
+	if (timeout > left)
+		timeout = left;
+	rc = resolve(e, f->target, &f->target_ref);
+	if (rc != TR_OK) {
+		f->attempts++;
+		failed_attempt(ctx, e, f, C_CRASHED, TR_ENOACTOR);
+		return;
+	}
+	m = tr_msg_new();
+	if (m == NULL) {
+		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
+		return;
+	}
+	m->tag = TR_TAG_STEP;
+	m->body = tr_body_ref(f->body);
+	m->deadline = r->deadline_us;
+	m->trace_hi = r->req->trace_hi;
+	m->trace_lo = r->req->trace_lo;
+	m->tenant = r->req->tenant;
+	m->attempt = (uint16_t)f->attempts;
+	f->attempt_t0 = tr_now_ns();
+	rc = tr_ask(ctx, f->target_ref, m, (timeout + 999) / 1000, &corr);
+	if (rc == TR_EFULL) {
+		/* overflow=block: park until the actor says WRITABLE (it owes
+		 * us exactly one), with the deadline as the limit. */
+		uint64_t id;
+		tr__map_ent *q = tr__map_get(&e->parked, f->target_ref.idx, TR_REF_NONE);
+		if (tr_timer_after(ctx, TAG_PARK_DEADLINE, (left + 999) / 1000, &id) != TR_OK ||
+		    tr__map_put(&e->timers, id, TR_REF_NONE, f) != TR_OK ||
+		    (q == NULL && tr__map_put(&e->parked, f->target_ref.idx, TR_REF_NONE, NULL) != TR_OK)) {
+			fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
+			return;
+		}
+		q = tr__map_get(&e->parked, f->target_ref.idx, TR_REF_NONE);
+		fiber **pp = (fiber **)&q->ptr;
+		while (*pp != NULL)
+			pp = &(*pp)->next_parked;
+		*pp = f;
+		f->next_parked = NULL;
+		f->st = F_PARKED;
+		f->timer = id;
+		STAT_ADD(e, S_PARKED, 1);
+		return;
+	}
+	f->attempts++;
+	STAT_ADD(e, S_CALLS, 1);
+	if (rc != TR_OK) {
+		failed_attempt(ctx, e, f, classify(rc), rc);
+		return;
+	}
+	if (tr__map_put(&e->calls, corr, TR_REF_NONE, f) != TR_OK) {
+		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
+		return;
+	}
+	f->st = F_CALLING;
+	f->corr = corr;
+}
+
+/* A reply (or error reply) to a step ask. */
+static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	void *p;
+	if (!tr__map_del(&e->calls, m->corr, TR_REF_NONE, &p))
+		return; /* its run is gone (deadline, parallel cut-off) */
+	fiber *f = p;
+	f->corr = 0;
+	f->st = F_RUNNING;
+	if (m->flags & TR_MSGF_ERROR) {
+		failed_attempt(ctx, e, f, classify(m->err), m->err ? m->err : TR_EFAILED);
+		return;
+	}
+	if (m->body != NULL && m->body->len > 0) {
+		uint32_t n;
+		if (tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+		    tr__mp_map_len(m->body->data, m->body->len, &n) != TR_OK) {
+			failed_attempt(ctx, e, f, C_ERROR, TR_EPROTO);
+			return;
+		}
+		set_body(f, tr_body_ref(m->body));
+	}
+	if (f->step->u.call.cache.on)
+		cache_put(e, f, f->step);
+	tap(ctx, e, f, "end", 0);
+	if (f->flight != NULL) {
+		run *r = f->r;
+		r->hold++;
+		flight_done(ctx, e, f, 1, 0, TR_OK, NULL);
+		if (!r->answered && f->st == F_RUNNING) {
+			f->step = NULL;
+			advance(ctx, e, f);
+		}
+		run_release(r);
+		return;
+	}
+	f->step = NULL;
+	advance(ctx, e, f);
+}
+
+/* ------------------------------------------------------------------ */
+/* walking the steps                                                   */
+
+/* Evaluates a `when` predicate: 1 run the step, 0 skip, <0 error. */
+static int when_ok(engine *e, fiber *f, const tr_step *s, char *err, size_t errlen)
+{
+	int truth = 0;
+	if (s->when_fn < 0)
+		return 1;
+	if (e->L == NULL) {
+		snprintf(err, errlen, "no Lua state for 'when'");
+		return -1;
+	}
+	tr_lua_ctx lc = {e->spec->name, 0, tr_tenant_name(f->r->req->tenant)};
+	tr_buf out;
+	tr_buf_init(&out);
+	int rc = tr_lua_call(e->L, s->when_fn, f->body->data, f->body->len, &lc, &out, &truth, err,
+	                     errlen);
+	tr_buf_free(&out);
+	return rc == TR_OK ? truth : -1;
+}
+
+/* The branch of a route for the message's field value. */
+static const tr_step_list *route_pick(const fiber *f, const tr_step *s)
+{
+	const unsigned char *v;
+	size_t vlen, n;
+	const char *str;
+	if (tr__mp_map_get(f->body->data, f->body->len, s->u.route.field, &v, &vlen) == TR_OK &&
+	    tr__mp_str(v, vlen, &str, &n) == TR_OK) {
+		for (size_t i = 0; i < s->u.route.nbranches; i++) {
+			const char *bv = s->u.route.branches[i].value;
+			if (strlen(bv) == n && memcmp(bv, str, n) == 0)
+				return &s->u.route.branches[i].steps;
+		}
+	}
+	return &s->u.route.dflt;
+}
+
+static void advance(tr_ctx *ctx, engine *e, fiber *f)
+{
+	char err[256];
+	f->st = F_RUNNING;
+	f->target = NULL;
+	for (;;) {
+		if (f->depth == 0) {
+			fiber_end(ctx, e, f, 1, 0, TR_OK, NULL);
+			return;
+		}
+		frame *fr = &f->stack[f->depth - 1];
+		if (fr->i == fr->list->n) {
+			f->depth--;
+			continue;
+		}
+		const tr_step *s = &fr->list->v[fr->i++];
+		int w = when_ok(e, f, s, err, sizeof(err));
+		if (w < 0) {
+			fail(ctx, e, f, C_ERROR, TR_EFAILED, err);
+			return;
+		}
+		if (w == 0)
+			continue;
+		switch (s->kind) {
+		case TR_STEP_CALL:
+			if (call_start(ctx, e, f, s))
+				continue;
+			return;
+		case TR_STEP_ROUTE:
+			if (f->depth == MAX_NEST) {
+				fail(ctx, e, f, C_INVALID, TR_ELIMIT, "steps nested too deep");
+				return;
+			}
+			f->stack[f->depth++] = (frame){route_pick(f, s), 0};
+			continue;
+		case TR_STEP_PARALLEL:
+			parallel_start(ctx, e, f, s);
+			return;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* the actor                                                           */
+
+static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	static const unsigned char empty_map[] = {0x80};
+	run *r;
+	fiber *f;
+	tr_body *body;
+	uint32_t n;
+
+	if (!(m->flags & TR_MSGF_ASK))
+		return; /* nobody to answer: not a run */
+	if (e->inflight >= e->spec->max_inflight) {
+		/* Refused at the door, with a hint: about one average run. */
+		uint64_t hint = e->avg_run_us / 1000u + 1;
+		STAT_ADD(e, S_REFUSED, 1);
+		answer(ctx, m, TR_EREJECTED,
+		       error_body(NULL, C_OVERLOAD, "pipeline at max_inflight", hint));
+		return;
+	}
+	if (m->body != NULL && m->body->len > 0 &&
+	    (tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+	     tr__mp_map_len(m->body->data, m->body->len, &n) != TR_OK)) {
+		STAT_ADD(e, S_FAILED, 1);
+		answer(ctx, m, TR_EPROTO,
+		       error_body(NULL, C_INVALID, "the message must be a msgpack map", 0));
+		return;
+	}
+	body = (m->body != NULL && m->body->len > 0) ? tr_body_ref(m->body)
+	                                               : tr_body_new(empty_map, 1);
+	r = tr__calloc(1, sizeof(*r));
+	if (body == NULL || r == NULL) {
+		tr_body_unref(body);
+		tr__free(r);
+		(void)tr_reply_error(ctx, m, TR_ENOMEM);
+		return;
+	}
+	r->req = tr_take(ctx);
+	r->t0 = tr_now_ns();
+	uint64_t span = e->spec->deadline_us ? e->spec->deadline_us : 30000000u;
+	uint64_t now_us = tr_wall_us();
+	if (m->deadline != 0 && m->deadline < now_us + span)
+		span = m->deadline > now_us ? m->deadline - now_us : 0;
+	r->deadline_ns = r->t0 + span * 1000u;
+	r->deadline_us = now_us + span;
+	e->inflight++;
+	STAT_ADD(e, S_RUNS, 1);
+	STAT_ADD(e, S_INFLIGHT, 1);
+	f = fiber_new(r, NULL, body);
+	tr_body_unref(body);
+	if (f == NULL) {
+		run_end(ctx, e, r, TR_ENOMEM, NULL);
+		return;
+	}
+	r->root = f;
+	f->stack[0] = (frame){&e->spec->steps, 0};
+	f->depth = 1;
+	advance(ctx, e, f);
+}
+
+static void on_timer(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	void *p;
+	if (!tr__map_del(&e->timers, m->corr, TR_REF_NONE, &p))
+		return;
+	fiber *f = p;
+	f->timer = 0;
+	if (m->tag == TAG_RETRY) {
+		attempt(ctx, e, f);
+	} else { /* TAG_PARK_DEADLINE */
+		int coalesced = f->st == F_COALESCED;
+		unwait(ctx, e, f); /* leaves the parked queue or the flight */
+		f->st = F_RUNNING;
+		char msg[128];
+		snprintf(msg, sizeof(msg), "deadline reached waiting for %s ('%s')",
+		         coalesced ? "an identical call" : "a full mailbox", f->target);
+		fail(ctx, e, f, C_DEADLINE, TR_ETIMEDOUT, msg);
+	}
+}
+
+/* An actor we parked on has room: resend the parked fibers, in order,
+ * until one is refused again (that one re-parks and we get another
+ * WRITABLE later). */
+static void on_writable(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	tr__map_ent *q = tr__map_get(&e->parked, m->from.idx, TR_REF_NONE);
+	while (q != NULL && q->ptr != NULL) {
+		fiber *f = q->ptr;
+		run *r = f->r;
+		unwait(ctx, e, f); /* may delete the queue entry */
+		r->hold++;
+		attempt(ctx, e, f);
+		int reparked = !r->answered && f->st == F_PARKED;
+		run_release(r);
+		if (reparked)
+			break;
+		q = tr__map_get(&e->parked, m->from.idx, TR_REF_NONE);
+	}
+}
+
+static int has_when(const tr_step_list *l)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		const tr_step *s = &l->v[i];
+		if (s->when_fn >= 0)
+			return 1;
+		if (s->kind == TR_STEP_ROUTE) {
+			if (has_when(&s->u.route.dflt))
+				return 1;
+			for (size_t j = 0; j < s->u.route.nbranches; j++)
+				if (has_when(&s->u.route.branches[j].steps))
+					return 1;
+		} else if (s->kind == TR_STEP_PARALLEL) {
+			for (size_t j = 0; j < s->u.par.nbranches; j++)
+				if (has_when(&s->u.par.branches[j]))
+					return 1;
+		}
+	}
+	return 0;
+}
+
+static int engine_init(tr_ctx *ctx, void *st, const void *arg)
+{
+	engine *e = st;
+	const tr_pipe_arg *a = arg;
+	int needs_lua = 0;
+	e->cfg = a->config;
+	e->spec = a->spec;
+	e->suffix = a->suffix ? a->suffix : "";
+	e->node = tr_ctx_node(ctx);
+	e->rng = 0x9e3779b97f4a7c15ull ^ tr_now_ns();
+	/* Predicates need a Lua state of our own; most pipelines have none. */
+	needs_lua = has_when(&e->spec->steps);
+	if (needs_lua) {
+		char err[256];
+		int rc = tr_lua_state_new(e->cfg, NULL, &e->L, err, sizeof(err));
+		if (rc != TR_OK)
+			return rc;
+	}
+	stats_slot *s = tr__calloc(1, sizeof(*s));
+	if (s == NULL) {
+		tr_lua_state_free(e->L);
+		return TR_ENOMEM;
+	}
+	s->node = e->node;
+	snprintf(s->name, sizeof(s->name), "%s%s", e->spec->name, e->suffix);
+	uv_once(&slots_once, slots_init);
+	uv_mutex_lock(&slots_mu);
+	s->next = slots;
+	slots = s;
+	uv_mutex_unlock(&slots_mu);
+	e->stats = s;
+	/* The public name moves to us only while our generation is current
+	 * (acquire: pairs with the release store that publishes a new one). */
+	if (a->public_name != NULL &&
+	    (a->current_gen == NULL ||
+	     atomic_load_explicit(a->current_gen, memory_order_acquire) == a->gen))
+		(void)tr_register_alias(e->node, a->public_name, tr_self(ctx));
+	return TR_OK;
+}
+
+static int engine_receive(tr_ctx *ctx, void *st, tr_msg *m)
+{
+	engine *e = st;
+	if (m->flags & TR_MSGF_REPLY)
+		on_reply(ctx, e, m);
+	else if (m->flags & TR_MSGF_TIMER)
+		on_timer(ctx, e, m);
+	else if (m->tag == TR_TAG_WRITABLE)
+		on_writable(ctx, e, m);
+	else if (m->tag == TR_TAG_RUN)
+		on_run(ctx, e, m);
+	else if (m->flags & TR_MSGF_ASK)
+		(void)tr_reply_error(ctx, m, TR_EINVAL);
+	return TR_OK;
+}
+
+/* Every accepted run still gets its answer when the engine stops. */
+static void engine_terminate(tr_ctx *ctx, void *st, int reason)
+{
+	engine *e = st;
+	/* Collect runs through their fibers: a run is reachable from any of
+	 * its waiting fibers. */
+	for (;;) {
+		run *r = NULL;
+		for (uint32_t i = 0; i < e->calls.cap && r == NULL; i++)
+			if (e->calls.ents[i].key != 0)
+				r = ((fiber *)e->calls.ents[i].ptr)->r;
+		for (uint32_t i = 0; i < e->timers.cap && r == NULL; i++)
+			if (e->timers.ents[i].key != 0)
+				r = ((fiber *)e->timers.ents[i].ptr)->r;
+		if (r == NULL)
+			break;
+		tr_body *b = error_body(NULL, C_ERROR, "pipeline stopped", 0);
+		run_end(ctx, e, r, reason == TR_OK ? TR_ESHUTDOWN : reason, b);
+	}
+	tr__map_free(&e->calls);
+	tr__map_free(&e->timers);
+	tr__map_free(&e->parked);
+	tr__map_free(&e->flights); /* empty: every flight ended with its runs */
+	caches_free(e);
+	tr_lua_state_free(e->L);
+	if (e->stats != NULL) {
+		uv_mutex_lock(&slots_mu);
+		for (stats_slot **pp = &slots; *pp != NULL; pp = &(*pp)->next) {
+			if (*pp == e->stats) {
+				*pp = e->stats->next;
+				break;
+			}
+		}
+		uv_mutex_unlock(&slots_mu);
+		tr__free(e->stats);
+	}
+}
+
+const tr_actor_ops tr_pipe_ops = {
+	.name = "pipeline",
+	.size = sizeof(engine),
+	.init = engine_init,
+	.receive = engine_receive,
+	.terminate = engine_terminate,
+	/* Replies and timers are system messages; this bounds new runs
+	 * queued ahead of the engine (max_inflight bounds the rest). */
+	.options = {.mailbox = 4096, .overflow = TR_OVERFLOW_REJECT},
+};
+
+int tr_pipe_stats_get(tr_node *node, const char *name, tr_pipe_stats *out)
+{
+	int rc = TR_ENOTFOUND;
+	uv_once(&slots_once, slots_init);
+	uv_mutex_lock(&slots_mu);
+	for (stats_slot *s = slots; s != NULL; s = s->next) {
+		if (s->node == node && strcmp(s->name, name) == 0) {
+			uint64_t *o = (uint64_t *)out;
+			for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+				o[i] = atomic_load_explicit(&s->v[i], memory_order_relaxed);
+			rc = TR_OK;
+			break;
+		}
+	}
+	uv_mutex_unlock(&slots_mu);
+	return rc;
+}

@@ -1,0 +1,203 @@
+/*
+ * pipe/mp.c -- msgpack map helpers for the pipeline engine. See mp.h.
+ */
+#include <string.h>
+
+#include "msg/msg_int.h"
+#include "pipe/mp.h"
+
+static uint64_t be(const unsigned char *p, unsigned n)
+{
+	uint64_t v = 0;
+	for (unsigned i = 0; i < n; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+/* Header size, payload bytes and child objects of the object at p. */
+static void head(const unsigned char *p, size_t *hdr, uint64_t *skip, uint64_t *kids)
+{
+	unsigned char c = p[0];
+	*hdr = 1, *skip = 0, *kids = 0;
+	if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+		return;
+	if (c <= 0x8f) {
+		*kids = 2u * (c & 0x0fu);
+		return;
+	}
+	if (c <= 0x9f) {
+		*kids = c & 0x0fu;
+		return;
+	}
+	if (c <= 0xbf) {
+		*skip = c & 0x1fu;
+		return;
+	}
+	switch (c) {
+	case 0xc4: case 0xd9: *hdr = 2; *skip = p[1]; break;
+	case 0xc5: case 0xda: *hdr = 3; *skip = be(p + 1, 2); break;
+	case 0xc6: case 0xdb: *hdr = 5; *skip = be(p + 1, 4); break;
+	case 0xc7: *hdr = 2; *skip = 1 + (uint64_t)p[1]; break;
+	case 0xc8: *hdr = 3; *skip = 1 + be(p + 1, 2); break;
+	case 0xc9: *hdr = 5; *skip = 1 + be(p + 1, 4); break;
+	case 0xca: *skip = 4; break;
+	case 0xcb: *skip = 8; break;
+	case 0xcc: case 0xd0: *skip = 1; break;
+	case 0xcd: case 0xd1: *skip = 2; break;
+	case 0xce: case 0xd2: *skip = 4; break;
+	case 0xcf: case 0xd3: *skip = 8; break;
+	case 0xd4: *skip = 2; break;
+	case 0xd5: *skip = 3; break;
+	case 0xd6: *skip = 5; break;
+	case 0xd7: *skip = 9; break;
+	case 0xd8: *skip = 17; break;
+	case 0xdc: *hdr = 3; *kids = be(p + 1, 2); break;
+	case 0xdd: *hdr = 5; *kids = be(p + 1, 4); break;
+	case 0xde: *hdr = 3; *kids = 2 * be(p + 1, 2); break;
+	case 0xdf: *hdr = 5; *kids = 2 * be(p + 1, 4); break;
+	default: break;
+	}
+}
+
+size_t tr__mp_size(const unsigned char *p)
+{
+	size_t pos = 0;
+	uint64_t owed = 1; /* objects still to skip; validated input bounds it */
+	while (owed > 0) {
+		size_t hdr;
+		uint64_t skip, kids;
+		head(p + pos, &hdr, &skip, &kids);
+		pos += hdr + (size_t)skip;
+		owed += kids;
+		owed--;
+	}
+	return pos;
+}
+
+/* Map header: entry count and header size, or -1 if not a map. */
+static int map_head(const unsigned char *p, size_t len, uint32_t *n, size_t *hdr)
+{
+	if (len == 0)
+		return -1;
+	if (p[0] >= 0x80 && p[0] <= 0x8f) {
+		*n = p[0] & 0x0fu, *hdr = 1;
+	} else if (p[0] == 0xde && len >= 3) {
+		*n = (uint32_t)be(p + 1, 2), *hdr = 3;
+	} else if (p[0] == 0xdf && len >= 5) {
+		*n = (uint32_t)be(p + 1, 4), *hdr = 5;
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+int tr__mp_map_len(const unsigned char *p, size_t len, uint32_t *n)
+{
+	size_t hdr;
+	return map_head(p, len, n, &hdr) == 0 ? TR_OK : TR_EINVAL;
+}
+
+int tr__mp_str(const unsigned char *v, size_t vlen, const char **s, size_t *n)
+{
+	size_t hdr;
+	uint64_t skip, kids;
+	if (vlen == 0 || !((v[0] >= 0xa0 && v[0] <= 0xbf) || v[0] == 0xd9 || v[0] == 0xda ||
+	                   v[0] == 0xdb))
+		return TR_EINVAL;
+	head(v, &hdr, &skip, &kids);
+	*s = (const char *)v + hdr;
+	*n = (size_t)skip;
+	return TR_OK;
+}
+
+int tr__mp_map_get(const unsigned char *p, size_t len, const char *key,
+                   const unsigned char **v, size_t *vlen)
+{
+	uint32_t n;
+	size_t pos, klen = strlen(key);
+	if (map_head(p, len, &n, &pos) != 0)
+		return TR_EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		size_t ks = tr__mp_size(p + pos);
+		size_t vs = tr__mp_size(p + pos + ks);
+		const char *s;
+		size_t sn;
+		if (tr__mp_str(p + pos, ks, &s, &sn) == TR_OK && sn == klen &&
+		    memcmp(s, key, klen) == 0) {
+			*v = p + pos + ks;
+			*vlen = vs;
+			return TR_OK;
+		}
+		pos += ks + vs;
+	}
+	return TR_ENOTFOUND;
+}
+
+static int buf_write(void *data, const char *p, size_t n)
+{
+	return tr__buf_append(data, p, n) == TR_OK ? 0 : -1;
+}
+
+void tr__mp_packer(msgpack_packer *pk, tr_buf *out)
+{
+	msgpack_packer_init(pk, out, buf_write);
+}
+
+int tr__mp_pack_cstr(msgpack_packer *pk, const char *s)
+{
+	size_t n = strlen(s);
+	return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n) ? TR_ENOMEM : TR_OK;
+}
+
+/* Whether key bytes k (one object) equal some key of map b. */
+static int has_key(const unsigned char *b, size_t bhdr, uint32_t bn, const unsigned char *k,
+                   size_t kn)
+{
+	size_t pos = bhdr;
+	for (uint32_t i = 0; i < bn; i++) {
+		size_t ks = tr__mp_size(b + pos);
+		if (ks == kn && memcmp(b + pos, k, kn) == 0)
+			return 1;
+		pos += ks;
+		pos += tr__mp_size(b + pos);
+	}
+	return 0;
+}
+
+int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
+                     size_t blen, tr_buf *out)
+{
+	uint32_t an, bn, keep = 0;
+	size_t ahdr, bhdr, pos;
+	msgpack_packer pk;
+	size_t start = out->len;
+
+	if (map_head(a, alen, &an, &ahdr) != 0 || map_head(b, blen, &bn, &bhdr) != 0)
+		return TR_EINVAL;
+	/* Two passes over a: count the entries b does not override, then
+	 * copy them. O(|a|*|b|) key compares: bodies have a few dozen keys. */
+	pos = ahdr;
+	for (uint32_t i = 0; i < an; i++) {
+		size_t ks = tr__mp_size(a + pos);
+		keep += !has_key(b, bhdr, bn, a + pos, ks);
+		pos += ks;
+		pos += tr__mp_size(a + pos);
+	}
+	tr__mp_packer(&pk, out);
+	if (msgpack_pack_map(&pk, keep + bn))
+		goto nomem;
+	pos = ahdr;
+	for (uint32_t i = 0; i < an; i++) {
+		size_t ks = tr__mp_size(a + pos), vs = tr__mp_size(a + pos + ks);
+		if (!has_key(b, bhdr, bn, a + pos, ks) &&
+		    tr__buf_append(out, a + pos, ks + vs) != TR_OK)
+			goto nomem;
+		pos += ks + vs;
+	}
+	if (tr__buf_append(out, b + bhdr, blen - bhdr) != TR_OK)
+		goto nomem;
+	return TR_OK;
+nomem:
+	out->len = start;
+	return TR_ENOMEM;
+}

@@ -1,0 +1,41 @@
+/*
+ * pipe/mp.h -- the few msgpack operations the pipeline engine needs on
+ * message bodies (maps): read a field, merge two maps, build small maps.
+ *
+ * Every function that reads takes bytes that tr_mp_check() accepted
+ * (the engine checks each body once when it enters a run or comes back
+ * from a step), so lengths inside are known to be in range.
+ */
+#ifndef TR_PIPE_MP_H
+#define TR_PIPE_MP_H
+
+#include <stddef.h>
+
+#include <msgpack.h>
+
+#include <troupe/msg.h>
+
+/* Size of the one object at p (validated input). */
+size_t tr__mp_size(const unsigned char *p);
+
+/* Number of entries if p is a map (*n), else TR_EINVAL. */
+int tr__mp_map_len(const unsigned char *p, size_t len, uint32_t *n);
+
+/* Looks up string key `key` in the map p: TR_OK with the value's bytes,
+ * TR_ENOTFOUND, or TR_EINVAL if p is not a map. */
+int tr__mp_map_get(const unsigned char *p, size_t len, const char *key,
+                   const unsigned char **v, size_t *vlen);
+
+/* If the object at v is a str, its bytes: TR_OK; else TR_EINVAL. */
+int tr__mp_str(const unsigned char *v, size_t vlen, const char **s, size_t *n);
+
+/* Appends to `out` the map a with the entries of b added (b's value wins
+ * for a key in both). Both must be maps. */
+int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
+                     size_t blen, tr_buf *out);
+
+/* A msgpack-c packer that appends to a tr_buf (write errors: ENOMEM). */
+void tr__mp_packer(msgpack_packer *pk, tr_buf *out);
+int tr__mp_pack_cstr(msgpack_packer *pk, const char *s);
+
+#endif
