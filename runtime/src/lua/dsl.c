@@ -1,0 +1,1783 @@
+/*
+ * lua/dsl.c -- the pipeline DSL (node, actor, supervisor, pipeline, step,
+ * route, parallel), the loader that turns files into a tr_config, and its
+ * diagnostics.
+ *
+ * Two phases, so that every problem is reported, not only the first:
+ *
+ *  1. The files run in one sandbox. The DSL functions only record: each
+ *     call makes a plain descriptor table (what, name, options table, file
+ *     index and line of the call) and declarations are appended to a list
+ *     in the registry. `step "x" {...}` returns its descriptor, so that
+ *     pipeline and route tables simply contain them. Descriptors carry a
+ *     private light-userdata key that scripts cannot forge.
+ *  2. A C pass walks the declarations in order, checks every field with
+ *     raw reads (no metamethod of a user table ever runs) and builds the
+ *     tr_config. Each problem becomes one "file:line: message".
+ *
+ * Functions (receive, when) are numbered in the order the DSL sees them,
+ * in both modes: tr_lua_state_new() reruns the files in replay mode (no
+ * declarations recorded) and finds every function under the same number.
+ *
+ * Memory: the C pass runs inside lua_pcall; a Lua memory error unwinds it.
+ * Everything it allocates is therefore attached at once to the config
+ * being built (arrays zeroed first, counts raised as elements are filled)
+ * or to the vctx scratch, and the caller frees both on every path.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <msgpack.h>
+
+#include <troupe/sup.h>
+
+#include "core/alloc.h"
+#include "lua/lua_int.h"
+#include "msg/msg_int.h"
+#include "pipe/kinds.h"
+
+/* The key under which a descriptor keeps its kind ("step", ...). */
+static const char mark;
+
+#define MAX_NEST 16
+#define NAME_MAX_LEN 63
+
+/* ================================================================== */
+/* phase 1: the DSL functions                                          */
+
+static int caller_line(lua_State *L)
+{
+	lua_Debug ar;
+	if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar))
+		return ar.currentline;
+	return 0;
+}
+
+/* Pushes a new descriptor {what, file, line}. */
+static void new_desc(lua_State *L, const char *what)
+{
+	tr__lsb *s = tr__lua_sb(L);
+	int line = caller_line(L);
+
+	lua_createtable(L, 0, 6);
+	lua_pushstring(L, what);
+	lua_rawsetp(L, -2, &mark);
+	lua_pushinteger(L, s->cur_file);
+	lua_setfield(L, -2, "file");
+	lua_pushinteger(L, line);
+	lua_setfield(L, -2, "line");
+}
+
+/* Appends the descriptor on top to the declarations (loader only). */
+static void declare(lua_State *L)
+{
+	if (!tr__lua_sb(L)->build)
+		return;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &tr__lua_key_decls);
+	lua_pushvalue(L, -2);
+	lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+	lua_pop(L, 1);
+}
+
+/* If opts (at oi) holds a function under key k, numbers it and stores the
+ * number as the descriptor's "fn" (descriptor at di). */
+static void number_fn(lua_State *L, int di, int oi, const char *k)
+{
+	lua_Integer n;
+
+	if (lua_type(L, oi) != LUA_TTABLE)
+		return;
+	lua_pushstring(L, k);
+	if (lua_rawget(L, oi) != LUA_TFUNCTION) {
+		lua_pop(L, 1);
+		return;
+	}
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &tr__lua_key_fns);
+	n = (lua_Integer)lua_rawlen(L, -1);
+	lua_insert(L, -2);
+	lua_rawseti(L, -2, n + 1);
+	lua_pop(L, 1);
+	lua_pushinteger(L, n);
+	lua_setfield(L, di, "fn");
+}
+
+/* The second call of `actor "x" { ... }` and friends: upvalue 1 is the
+ * descriptor; the options table is argument 1. */
+static int desc_body(lua_State *L)
+{
+	const char *what;
+
+	lua_settop(L, 1);
+	lua_pushvalue(L, lua_upvalueindex(1)); /* 2: descriptor */
+	if (lua_getfield(L, 2, "called") != LUA_TNIL) {
+		lua_pushboolean(L, 1);
+		lua_setfield(L, 2, "twice");
+		lua_settop(L, 2);
+		return 1;
+	}
+	lua_pop(L, 1);
+	lua_pushboolean(L, 1);
+	lua_setfield(L, 2, "called");
+	lua_pushvalue(L, 1);
+	lua_setfield(L, 2, "opts");
+	lua_rawgetp(L, 2, &mark);
+	what = lua_tostring(L, -1);
+	lua_pop(L, 1);
+	number_fn(L, 2, 1, strcmp(what, "actor") == 0 ? "receive" : "when");
+	return 1;
+}
+
+/* actor "x", supervisor "x", pipeline "x", step "x", route "field":
+ * upvalue 1 is the kind; returns the function that takes the options. */
+static int desc_named(lua_State *L)
+{
+	const char *what = lua_tostring(L, lua_upvalueindex(1));
+
+	lua_settop(L, 1);
+	new_desc(L, what);
+	lua_pushvalue(L, 1);
+	lua_setfield(L, -2, "name");
+	if (strcmp(what, "step") != 0 && strcmp(what, "route") != 0)
+		declare(L);
+	lua_pushcclosure(L, desc_body, 1);
+	return 1;
+}
+
+/* node { ... } and parallel { ... }: the options come at once. */
+static int desc_direct(lua_State *L)
+{
+	const char *what = lua_tostring(L, lua_upvalueindex(1));
+
+	lua_settop(L, 1);
+	new_desc(L, what);
+	lua_pushvalue(L, 1);
+	lua_setfield(L, -2, "opts");
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "called");
+	if (strcmp(what, "node") == 0) {
+		declare(L);
+		return 0;
+	}
+	number_fn(L, 2, 1, "when");
+	return 1;
+}
+
+void tr__lua_dsl_open(lua_State *L)
+{
+	static const char *const named[] = {"actor", "supervisor", "pipeline", "step", "route"};
+	static const char *const direct[] = {"node", "parallel"};
+
+	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+		lua_pushstring(L, named[i]);
+		lua_pushcclosure(L, desc_named, 1);
+		lua_setfield(L, -2, named[i]);
+	}
+	for (size_t i = 0; i < sizeof(direct) / sizeof(direct[0]); i++) {
+		lua_pushstring(L, direct[i]);
+		lua_pushcclosure(L, desc_direct, 1);
+		lua_setfield(L, -2, direct[i]);
+	}
+}
+
+/* ================================================================== */
+/* diagnostics                                                          */
+
+void tr_diag_init(tr_diag *d)
+{
+	d->msgs = NULL;
+	d->n = 0;
+}
+
+void tr_diag_free(tr_diag *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		tr__free(d->msgs[i]);
+	tr__free(d->msgs);
+	tr_diag_init(d);
+}
+
+/* Appends a copy of msg. TR_OK or TR_ENOMEM. */
+static int diag_add(tr_diag *d, const char *msg)
+{
+	char *m = tr__strndup(msg, strlen(msg));
+	char **v;
+
+	if (m == NULL)
+		return TR_ENOMEM;
+	v = tr__realloc(d->msgs, (d->n + 1) * sizeof(*v));
+	if (v == NULL) {
+		tr__free(m);
+		return TR_ENOMEM;
+	}
+	d->msgs = v;
+	d->msgs[d->n++] = m;
+	return TR_OK;
+}
+
+unsigned tr__lua_editdist(const char *a, const char *b, unsigned cap)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	unsigned row[64], prev, best;
+
+	if (la >= 63 || lb >= 63)
+		return cap + 1;
+	if ((la > lb ? la - lb : lb - la) > cap)
+		return cap + 1;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (unsigned)j;
+	for (size_t i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = (unsigned)i;
+		best = row[0];
+		for (size_t j = 1; j <= lb; j++) {
+			unsigned cur = row[j];
+			unsigned sub = prev + (a[i - 1] != b[j - 1]);
+			unsigned v = row[j] + 1 < row[j - 1] + 1 ? row[j] + 1 : row[j - 1] + 1;
+			row[j] = v < sub ? v : sub;
+			prev = cur;
+			if (row[j] < best)
+				best = row[j];
+		}
+		if (best > cap)
+			return cap + 1;
+	}
+	return row[lb] <= cap ? row[lb] : cap + 1;
+}
+
+/* The closest of names[0..n) to k within distance 2, or NULL. */
+static const char *suggest(const char *k, const char *const *names, size_t n)
+{
+	const char *best = NULL;
+	unsigned bd = 3;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned d = tr__lua_editdist(k, names[i], 2);
+		if (d < bd && strcmp(k, names[i]) != 0) {
+			bd = d;
+			best = names[i];
+		}
+	}
+	return best;
+}
+
+/* ================================================================== */
+/* phase 2: validation                                                  */
+
+typedef struct vctx {
+	lua_State *L;
+	tr_config *c;
+	tr_diag *d;
+	int partial;        /* a file failed to run: skip name resolution */
+	int nomem;
+	tr_buf scratch;     /* msgpack of kind configs; owned, freed by the caller */
+	const char **names; /* scratch array of names / keys; owned */
+	size_t nnames, capnames;
+	int *parent;        /* supervisor index per actor then per sup; owned */
+} vctx;
+
+/* Where something is: a file index and a line. */
+typedef struct where {
+	int file;
+	int line;
+} where;
+
+static const char *file_of(vctx *v, int f)
+{
+	return f >= 0 && (size_t)f < v->c->nfiles ? v->c->files[f] : "?";
+}
+
+static tr_srcpos srcpos(vctx *v, where w)
+{
+	return (tr_srcpos){file_of(v, w.file), w.line};
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void diag(vctx *v, where w, const char *fmt, ...)
+{
+	char buf[1024];
+	int off;
+	va_list ap;
+
+	off = snprintf(buf, sizeof(buf), "%s:%d: ", file_of(v, w.file), w.line);
+	if (off < 0 || (size_t)off >= sizeof(buf))
+		off = 0;
+	va_start(ap, fmt);
+	vsnprintf(buf + off, sizeof(buf) - (size_t)off, fmt, ap);
+	va_end(ap);
+	if (diag_add(v->d, buf) != TR_OK)
+		v->nomem = 1;
+}
+
+/* Attaches a C string copy or flags OOM. */
+static char *dup(vctx *v, const char *s)
+{
+	char *d = tr__strndup(s, strlen(s));
+	if (d == NULL)
+		v->nomem = 1;
+	return d;
+}
+
+static int names_push(vctx *v, const char *s)
+{
+	if (v->nnames == v->capnames) {
+		size_t cap = v->capnames ? v->capnames * 2 : 32;
+		const char **n = tr__realloc(v->names, cap * sizeof(*n));
+		if (n == NULL) {
+			v->nomem = 1;
+			return -1;
+		}
+		v->names = n;
+		v->capnames = cap;
+	}
+	v->names[v->nnames++] = s;
+	return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* "got ..." text for the value at idx. */
+static const char *got(lua_State *L, int idx, char *buf, size_t len)
+{
+	if (lua_type(L, idx) == LUA_TNUMBER) {
+		if (lua_isinteger(L, idx))
+			snprintf(buf, len, "%lld", (long long)lua_tointeger(L, idx));
+		else
+			snprintf(buf, len, "%.14g", (double)lua_tonumber(L, idx));
+		return buf;
+	}
+	return luaL_typename(L, idx);
+}
+
+/* Raw t[k] pushed; returns its type. */
+static int rget(lua_State *L, int t, const char *k)
+{
+	lua_pushstring(L, k);
+	return lua_rawget(L, t);
+}
+
+/* A descriptor field that is an integer (0 if absent). */
+static int dint(lua_State *L, int t, const char *k)
+{
+	int r;
+	rget(L, t, k);
+	r = (int)lua_tointeger(L, -1);
+	lua_pop(L, 1);
+	return r;
+}
+
+static where wof(lua_State *L, int t)
+{
+	return (where){dint(L, t, "file"), dint(L, t, "line")};
+}
+
+/* The kind of the descriptor at idx, or NULL if it is not one. */
+static const char *desc_kind(lua_State *L, int idx)
+{
+	const char *k;
+	if (lua_type(L, idx) != LUA_TTABLE)
+		return NULL;
+	lua_rawgetp(L, idx, &mark);
+	k = lua_tostring(L, -1); /* a string kept alive by the descriptor */
+	lua_pop(L, 1);
+	return k;
+}
+
+/* What the options of one construct are checked against. */
+typedef struct fctx {
+	vctx *v;
+	where w;
+	char who[128]; /* "actor 'x'", "step 'rag'", ... */
+} fctx;
+
+/* d = s with `who` extended ("step 'x'" -> "step 'x': cache"). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void subwho(fctx *d, const fctx *s, const char *fmt, ...)
+{
+	size_t off;
+	va_list ap;
+
+	*d = *s;
+	off = strlen(d->who);
+	va_start(ap, fmt);
+	vsnprintf(d->who + off, sizeof(d->who) - off, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- scalar options ------------------------------------------------- */
+
+static int want_uint(fctx *f, int t, const char *k, uint32_t min, uint32_t max, uint32_t *out)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, t, k);
+	lua_Integer i = 0;
+	int ok = 0;
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	if (ty == LUA_TNUMBER) {
+		if (lua_isinteger(L, -1)) {
+			i = lua_tointeger(L, -1);
+			ok = 1;
+		} else {
+			lua_Number d = lua_tonumber(L, -1);
+			if (d == floor(d) && fabs(d) < 1e15) {
+				i = (lua_Integer)d;
+				ok = 1;
+			}
+		}
+	}
+	if (!ok || i < (lua_Integer)min) {
+		diag(f->v, f->w, "%s: %s: expected a %s integer, got %s", f->who, k,
+		     min > 0 ? "positive" : "non-negative", got(L, -1, b, sizeof(b)));
+	} else if (i > (lua_Integer)max) {
+		diag(f->v, f->w, "%s: %s: must be at most %u, got %lld", f->who, k, (unsigned)max,
+		     (long long)i);
+	} else {
+		*out = (uint32_t)i;
+	}
+	lua_pop(L, 1);
+	return 1;
+}
+
+/* Parses "1.5s" & co. into µs. 0 on success, -1 bad, -2 too large. */
+static int parse_dur(const char *s, uint64_t *us)
+{
+	static const struct {
+		const char *u;
+		double mult;
+	} units[] = {{"us", 1}, {"ms", 1e3}, {"s", 1e6}, {"m", 60e6}, {"h", 3600e6}};
+	double v = 0, scale = 0.1;
+	int nd = 0;
+	const char *p = s;
+
+	while (*p >= '0' && *p <= '9') {
+		v = v * 10 + (*p++ - '0');
+		nd++;
+	}
+	if (*p == '.') {
+		p++;
+		while (*p >= '0' && *p <= '9') {
+			v += (*p++ - '0') * scale;
+			scale /= 10;
+			nd++;
+		}
+	}
+	if (nd == 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(p, units[i].u) == 0) {
+			double t = v * units[i].mult;
+			if (t > 1e15) /* ~31 years: surely a mistake */
+				return -2;
+			*us = (uint64_t)(t + 0.5);
+			return 0;
+		}
+	}
+	return -1;
+}
+
+#define DUR_HINT "units us, ms, s, m, h: \"500us\", \"50ms\", \"1.5s\", \"1m\""
+
+static int want_dur(fctx *f, int t, const char *k, uint64_t *out)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	uint64_t us = 0;
+	int ty = rget(L, t, k), r;
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	if (ty != LUA_TSTRING) {
+		diag(f->v, f->w, "%s: %s: expected a duration string (%s), got %s", f->who, k,
+		     DUR_HINT, got(L, -1, b, sizeof(b)));
+	} else if ((r = parse_dur(lua_tostring(L, -1), &us)) == -1) {
+		diag(f->v, f->w, "%s: %s: bad duration '%s' (%s)", f->who, k, lua_tostring(L, -1),
+		     DUR_HINT);
+	} else if (r == -2) {
+		diag(f->v, f->w, "%s: %s: duration '%s' is too large", f->who, k,
+		     lua_tostring(L, -1));
+	} else if (us == 0) {
+		diag(f->v, f->w, "%s: %s: must be more than 0", f->who, k);
+	} else {
+		*out = us;
+	}
+	lua_pop(L, 1);
+	return 1;
+}
+
+static int want_bool(fctx *f, int t, const char *k, bool *out)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, t, k);
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	if (ty != LUA_TBOOLEAN)
+		diag(f->v, f->w, "%s: %s: expected true or false, got %s", f->who, k,
+		     got(L, -1, b, sizeof(b)));
+	else
+		*out = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	return 1;
+}
+
+/* A string option, copied into *out (which owns it). */
+static int want_str(fctx *f, int t, const char *k, char **out)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, t, k);
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	if (ty != LUA_TSTRING || lua_rawlen(L, -1) == 0 ||
+	    strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1)) {
+		diag(f->v, f->w, "%s: %s: expected a non-empty string, got %s", f->who, k,
+		     ty == LUA_TSTRING ? "an empty or binary string" : got(L, -1, b, sizeof(b)));
+	} else {
+		tr__free(*out);
+		*out = dup(f->v, lua_tostring(L, -1));
+	}
+	lua_pop(L, 1);
+	return 1;
+}
+
+/* One of names[] (index into *out). */
+static int want_enum(fctx *f, int t, const char *k, const char *const *names, size_t n,
+                     int *out)
+{
+	lua_State *L = f->v->L;
+	char b[64], list[160] = "";
+	int ty = rget(L, t, k);
+	size_t off = 0;
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	if (ty == LUA_TSTRING) {
+		for (size_t i = 0; i < n; i++) {
+			if (strcmp(lua_tostring(L, -1), names[i]) == 0) {
+				*out = (int)i;
+				lua_pop(L, 1);
+				return 1;
+			}
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		int w = snprintf(list + off, sizeof(list) - off, "%s%s", i ? ", " : "", names[i]);
+		if (w > 0 && (size_t)w < sizeof(list) - off)
+			off += (size_t)w;
+	}
+	if (ty == LUA_TSTRING) {
+		const char *s = suggest(lua_tostring(L, -1), names, n);
+		if (s != NULL)
+			diag(f->v, f->w, "%s: %s: unknown value '%s' (did you mean '%s'?)", f->who, k,
+			     lua_tostring(L, -1), s);
+		else
+			diag(f->v, f->w, "%s: %s: unknown value '%s' (expected one of %s)", f->who, k,
+			     lua_tostring(L, -1), list);
+	} else {
+		diag(f->v, f->w, "%s: %s: expected one of %s, got %s", f->who, k, list,
+		     got(L, -1, b, sizeof(b)));
+	}
+	lua_pop(L, 1);
+	return 1;
+}
+
+/* ---- keys --------------------------------------------------------------- */
+
+/*
+ * Reports keys of table t that are not in known[]: string keys sorted (so
+ * the output does not depend on hash order), with a suggestion. Integer
+ * keys are allowed when `positional` (the caller reads them). `extra` (may
+ * be NULL) adds text after an unknown key without a suggestion.
+ */
+static void check_keys(fctx *f, int t, const char *const *known, size_t nknown, int positional,
+                       const char *extra)
+{
+	lua_State *L = f->v->L;
+	vctx *v = f->v;
+	size_t base = v->nnames, npos = 0;
+	char b[64];
+
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			const char *k = lua_tostring(L, -1);
+			size_t i;
+			for (i = 0; i < nknown; i++)
+				if (strcmp(k, known[i]) == 0)
+					break;
+			if (i == nknown)
+				names_push(v, k);
+		} else if (lua_isinteger(L, -1) && positional) {
+			npos++;
+		} else {
+			diag(v, f->w, "%s: unexpected %s key %s", f->who, luaL_typename(L, -1),
+			     got(L, -1, b, sizeof(b)));
+		}
+	}
+	qsort(v->names + base, v->nnames - base, sizeof(*v->names), cmp_str);
+	for (size_t i = base; i < v->nnames; i++) {
+		const char *s = suggest(v->names[i], known, nknown);
+		if (s != NULL)
+			diag(v, f->w, "%s: unknown key '%s' (did you mean '%s'?)", f->who, v->names[i], s);
+		else
+			diag(v, f->w, "%s: unknown key '%s'%s", f->who, v->names[i], extra ? extra : "");
+	}
+	v->nnames = base;
+}
+
+/* Number of positional elements 1..n (stops at the first nil). */
+static size_t seq_count(lua_State *L, int t)
+{
+	size_t n = 0;
+	while (lua_rawgeti(L, t, (lua_Integer)n + 1) != LUA_TNIL) {
+		lua_pop(L, 1);
+		n++;
+	}
+	lua_pop(L, 1);
+	return n;
+}
+
+/* Reports positional keys past the sequence (holes: {a, nil, b}). */
+static void check_holes(fctx *f, int t, size_t n)
+{
+	lua_State *L = f->v->L;
+
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		if (lua_isinteger(L, -1) &&
+		    (lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n)) {
+			diag(f->v, f->w, "%s: element [%lld] follows a nil: the list has a hole", f->who,
+			     (long long)lua_tointeger(L, -1));
+		}
+	}
+}
+
+/* ---- names --------------------------------------------------------------- */
+
+static int name_ok(const char *s, size_t len)
+{
+	if (len == 0 || len > NAME_MAX_LEN || strlen(s) != len)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-' || c == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+/* The declared name of descriptor d (NULL after reporting a bad one). */
+static const char *decl_name(vctx *v, int d, const char *what, where w)
+{
+	lua_State *L = v->L;
+	const char *s = NULL;
+	char b[64];
+	int ty = rget(L, d, "name");
+
+	if (ty != LUA_TSTRING) {
+		diag(v, w, "%s: expected a name: %s \"name\" { ... }, got %s", what, what,
+		     got(L, -1, b, sizeof(b)));
+	} else if (!name_ok(lua_tostring(L, -1), lua_rawlen(L, -1))) {
+		diag(v, w, "%s name '%s': use 1 to %d letters, digits, '_', '-' or '.'", what,
+		     lua_tostring(L, -1), NAME_MAX_LEN);
+	} else {
+		s = lua_tostring(L, -1); /* alive: the descriptor holds it */
+	}
+	lua_pop(L, 1);
+	return s;
+}
+
+static long find_actor(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->nactors; i++)
+		if (c->actors[i].name != NULL && strcmp(c->actors[i].name, name) == 0)
+			return (long)i;
+	return -1;
+}
+
+static long find_sup(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->nsups; i++)
+		if (c->sups[i].name != NULL && strcmp(c->sups[i].name, name) == 0)
+			return (long)i;
+	return -1;
+}
+
+/* Suggestion among actor names (and supervisor names if `sups`). */
+static const char *suggest_actor(vctx *v, const char *k, int sups)
+{
+	size_t base = v->nnames;
+	const char *s;
+
+	for (size_t i = 0; i < v->c->nactors; i++)
+		if (v->c->actors[i].name)
+			names_push(v, v->c->actors[i].name);
+	for (size_t i = 0; sups && i < v->c->nsups; i++)
+		if (v->c->sups[i].name)
+			names_push(v, v->c->sups[i].name);
+	s = suggest(k, v->names + base, v->nnames - base);
+	v->nnames = base;
+	return s;
+}
+
+/* Checks that `name` (for option `k` of f, or the step itself when k is
+ * NULL) names a declared actor. */
+static void check_actor_ref(fctx *f, const char *k, const char *name)
+{
+	vctx *v = f->v;
+	const char *s;
+	char pre[160];
+
+	if (v->partial || find_actor(v->c, name) >= 0)
+		return;
+	if (k != NULL)
+		snprintf(pre, sizeof(pre), "%s: %s", f->who, k);
+	else
+		snprintf(pre, sizeof(pre), "%s", f->who);
+	if (find_sup(v->c, name) >= 0) {
+		diag(v, f->w, "%s: '%s' is a supervisor, not an actor", pre, name);
+		return;
+	}
+	s = suggest_actor(v, name, 0);
+	if (s != NULL)
+		diag(v, f->w, "%s: no actor named '%s' (did you mean '%s'?)", pre, name, s);
+	else
+		diag(v, f->w, "%s: no actor named '%s'", pre, name);
+}
+
+/* ---- node ------------------------------------------------------------- */
+
+static void build_node(vctx *v, int d, where w, int *seen, where *first)
+{
+	static const char *const keys[] = {"name", "http", "threads"};
+	lua_State *L = v->L;
+	tr_node_spec *n = &v->c->node;
+	fctx f = {v, w, "node"};
+	char b[64];
+	int o;
+
+	if (*seen) {
+		diag(v, w, "node is declared twice (first at %s:%d)", file_of(v, first->file),
+		     first->line);
+		return;
+	}
+	*seen = 1;
+	*first = w;
+	n->pos = srcpos(v, w);
+	rget(L, d, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, w, "node: expected a table: node { name = ..., http = ..., threads = ... }, got %s",
+		     got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	check_keys(&f, o, keys, 3, 0, NULL);
+	want_str(&f, o, "name", &n->name);
+	if (want_str(&f, o, "http", &n->http) && n->http != NULL) {
+		const char *c = strrchr(n->http, ':');
+		char *end = NULL;
+		long port = c ? strtol(c + 1, &end, 10) : 0;
+		if (c == NULL || c == n->http || end == c + 1 || *end != '\0' || port < 1 ||
+		    port > 65535)
+			diag(v, w, "node: http: expected \"host:port\", got '%s'", n->http);
+	}
+	want_uint(&f, o, "threads", 0, 1024, &n->threads);
+	lua_pop(L, 1);
+}
+
+/* ---- actors ------------------------------------------------------------ */
+
+static const char *const overflow_names[] = {"block", "drop_oldest", "drop_newest", "reject"};
+static const char *const strategy_names[] = {"one_for_one", "one_for_all", "rest_for_one"};
+
+static int buf_write(void *data, const char *p, size_t n)
+{
+	return tr__buf_append(data, p, n) == TR_OK ? 0 : -1;
+}
+
+/* Encodes the keys of o that are not in known[] as a msgpack map into
+ * a->config, sorted by key (stable bytes for the same file). */
+static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
+                        tr_actor_spec *a)
+{
+	vctx *v = f->v;
+	lua_State *L = v->L;
+	size_t base = v->nnames, n;
+	msgpack_packer pk;
+	char b[64];
+	int bad = 0;
+
+	lua_pushnil(L);
+	while (lua_next(L, o)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			const char *k = lua_tostring(L, -1);
+			size_t i;
+			for (i = 0; i < nknown; i++)
+				if (strcmp(k, known[i]) == 0)
+					break;
+			if (i == nknown)
+				names_push(v, k);
+		} else {
+			diag(v, f->w, "%s: unexpected %s key %s", f->who, luaL_typename(L, -1),
+			     got(L, -1, b, sizeof(b)));
+		}
+	}
+	n = v->nnames - base;
+	if (n == 0)
+		return;
+	qsort(v->names + base, n, sizeof(*v->names), cmp_str);
+	v->scratch.len = 0;
+	msgpack_packer_init(&pk, &v->scratch, buf_write);
+	if (msgpack_pack_map(&pk, n)) {
+		v->nomem = 1;
+		goto out;
+	}
+	for (size_t i = base; i < v->nnames; i++) {
+		const char *k = v->names[i];
+		size_t kl = strlen(k);
+		int rc;
+		if (msgpack_pack_str(&pk, kl) || msgpack_pack_str_body(&pk, k, kl)) {
+			v->nomem = 1;
+			goto out;
+		}
+		rget(L, o, k);
+		rc = tr_lua_to_msgpack(L, -1, &v->scratch);
+		if (rc == TR_ENOMEM) {
+			v->nomem = 1;
+		} else if (rc != TR_OK) {
+			diag(v, f->w, "%s: %s: a %s cannot be passed to a kind (values must be "
+			     "strings, numbers, booleans or tables of them)", f->who, k,
+			     luaL_typename(L, -1));
+			bad = 1;
+		}
+		lua_pop(L, 1);
+	}
+	if (!bad && !v->nomem) {
+		a->config = tr__malloc(v->scratch.len);
+		if (a->config == NULL) {
+			v->nomem = 1;
+		} else {
+			memcpy(a->config, v->scratch.data, v->scratch.len);
+			a->config_len = v->scratch.len;
+		}
+	}
+out:
+	v->nnames = base;
+}
+
+/* "unknown kind 'ragg' (did you mean 'rag'? known kinds: ...)" */
+static void diag_kind(vctx *v, where w, const char *who, const char *kind, const char *list)
+{
+	char copy[512], *save = NULL;
+	const char *names[TR_KINDS_MAX + 8], *sg;
+	size_t n = 0;
+
+	snprintf(copy, sizeof(copy), "%s", list);
+	for (char *t = strtok_r(copy, ", ", &save); t && n < sizeof(names) / sizeof(names[0]);
+	     t = strtok_r(NULL, ", ", &save))
+		names[n++] = t;
+	sg = suggest(kind, names, n);
+	if (sg != NULL)
+		diag(v, w, "%s: unknown kind '%s' (did you mean '%s'? known kinds: %s)", who, kind, sg,
+		     list);
+	else
+		diag(v, w, "%s: unknown kind '%s' (known kinds: %s)", who, kind, list);
+}
+
+static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec *a)
+{
+	static const char *const lua_keys[] = {"name", "receive", "mailbox", "overflow",
+	                                       "instances", "batch"};
+	/* receive is reported on its own for kind actors, not passed on */
+	static const char *const kind_keys[] = {"name", "kind", "receive", "mailbox",
+	                                        "overflow", "instances", "batch"};
+	lua_State *L = v->L;
+	fctx f = {v, w, ""};
+	char b[64];
+	int o, ov = 0, ty;
+
+	a->receive_fn = -1;
+	a->instances = 1;
+	a->pos = srcpos(v, w);
+	snprintf(f.who, sizeof(f.who), "actor '%s'", name);
+	if (dint(L, d, "twice"))
+		diag(v, w, "%s: options given twice", f.who);
+	rget(L, d, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, w, "%s: expected a table: actor \"%s\" { kind = ... } or { receive = "
+		     "function(msg, ctx) ... end }, got %s", f.who, name, got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	ty = rget(L, o, "name");
+	if (ty != LUA_TNIL && (ty != LUA_TSTRING || strcmp(lua_tostring(L, -1), name) != 0))
+		diag(v, w, "%s: name: does not match the declared name '%s'", f.who, name);
+	lua_pop(L, 1);
+
+	ty = rget(L, o, "kind");
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		check_keys(&f, o, lua_keys, 6, 0,
+		           " (a Lua actor takes receive, mailbox, overflow, instances, batch)");
+		ty = rget(L, o, "receive");
+		if (ty == LUA_TNIL)
+			diag(v, w, "%s: needs kind = \"...\" (a built-in actor) or receive = "
+			     "function(msg, ctx) ... end (a Lua actor)", f.who);
+		else if (ty != LUA_TFUNCTION)
+			diag(v, w, "%s: receive: expected a function, got %s", f.who,
+			     got(L, -1, b, sizeof(b)));
+		else
+			a->receive_fn = dint(L, d, "fn");
+		lua_pop(L, 1);
+	} else {
+		if (ty != LUA_TSTRING) {
+			diag(v, w, "%s: kind: expected a string, got %s", f.who, got(L, -1, b, sizeof(b)));
+		} else if (!tr_kind_known(lua_tostring(L, -1))) {
+			char list[512];
+			tr_kind_list(list, sizeof(list));
+			diag_kind(v, w, f.who, lua_tostring(L, -1), list);
+		} else {
+			a->kind = dup(v, lua_tostring(L, -1));
+		}
+		lua_pop(L, 1);
+		if (rget(L, o, "receive") != LUA_TNIL)
+			diag(v, w, "%s: receive: a kind actor has no receive function (drop kind = "
+			     "... for a Lua actor)", f.who);
+		lua_pop(L, 1);
+		kind_config(&f, o, kind_keys, 7, a);
+	}
+	want_uint(&f, o, "mailbox", 1, 1u << 24, &a->mailbox);
+	if (want_enum(&f, o, "overflow", overflow_names, 4, &ov))
+		a->overflow = (uint8_t)ov;
+	want_uint(&f, o, "instances", 1, 1024, &a->instances);
+	want_uint(&f, o, "batch", 1, 65536, &a->batch);
+	lua_pop(L, 1);
+}
+
+/* ---- supervisors -------------------------------------------------------- */
+
+static void build_sup(vctx *v, int d, where w, const char *name, tr_supervisor_spec *s)
+{
+	static const char *const keys[] = {"strategy", "max_restarts", "within", "children"};
+	lua_State *L = v->L;
+	fctx f = {v, w, ""};
+	char b[64];
+	int o, st = 0, ty;
+	size_t n;
+
+	s->pos = srcpos(v, w);
+	s->max_restarts = 3;
+	s->within_us = 5000000;
+	snprintf(f.who, sizeof(f.who), "supervisor '%s'", name);
+	if (dint(L, d, "twice"))
+		diag(v, w, "%s: options given twice", f.who);
+	rget(L, d, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, w, "%s: expected a table: supervisor \"%s\" { children = { ... } }, got %s",
+		     f.who, name, got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	check_keys(&f, o, keys, 4, 0, NULL);
+	if (want_enum(&f, o, "strategy", strategy_names, 3, &st))
+		s->strategy = (uint8_t)st;
+	want_uint(&f, o, "max_restarts", 0, 1000000, &s->max_restarts);
+	want_dur(&f, o, "within", &s->within_us);
+	ty = rget(L, o, "children");
+	if (ty == LUA_TNIL) {
+		diag(v, w, "%s: missing children = { \"actor\", ... }", f.who);
+	} else if (ty != LUA_TTABLE) {
+		diag(v, w, "%s: children: expected a list of names, got %s", f.who,
+		     got(L, -1, b, sizeof(b)));
+	} else if ((n = seq_count(L, lua_gettop(L))) == 0) {
+		diag(v, w, "%s has no children", f.who);
+	} else {
+		int ci = lua_gettop(L);
+		fctx fc;
+		subwho(&fc, &f, ": children");
+		check_keys(&fc, ci, NULL, 0, 1, NULL);
+		check_holes(&fc, ci, n);
+		s->children = tr__calloc(n, sizeof(char *));
+		if (s->children == NULL) {
+			v->nomem = 1;
+		} else {
+			for (size_t i = 0; i < n; i++) {
+				lua_rawgeti(L, ci, (lua_Integer)i + 1);
+				if (lua_type(L, -1) != LUA_TSTRING)
+					diag(v, w, "%s: children: element %zu: expected a name, got %s", f.who,
+					     i + 1, got(L, -1, b, sizeof(b)));
+				else
+					s->children[s->nchildren++] = dup(v, lua_tostring(L, -1));
+				lua_pop(L, 1);
+			}
+		}
+	}
+	lua_pop(L, 2);
+}
+
+/* ---- steps --------------------------------------------------------------- */
+
+static void build_list(vctx *v, int t, tr_step_list *out, fctx *f, int depth);
+
+static const char *const retry_names[] = {"timeout", "error", "overload", "rejected", "crashed"};
+static const uint32_t retry_bits[] = {TR_RETRY_TIMEOUT, TR_RETRY_ERROR, TR_RETRY_OVERLOAD,
+                                      TR_RETRY_OVERLOAD, TR_RETRY_CRASHED};
+
+static void build_retry_on(fctx *f, int o, uint32_t *mask)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, o, "retry_on"), t = lua_gettop(L);
+	size_t n = 1;
+
+	if (ty == LUA_TNIL)
+		goto out;
+	if (ty != LUA_TTABLE && ty != LUA_TSTRING) {
+		diag(f->v, f->w, "%s: retry_on: expected a list of error classes (timeout, error, "
+		     "overload, crashed), got %s", f->who, got(L, t, b, sizeof(b)));
+		goto out;
+	}
+	if (ty == LUA_TTABLE) {
+		fctx fr;
+		subwho(&fr, f, ": retry_on");
+		n = seq_count(L, t);
+		check_keys(&fr, t, NULL, 0, 1, NULL);
+		check_holes(&fr, t, n);
+	}
+	*mask = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *s, *sg;
+		size_t j;
+		if (ty == LUA_TTABLE)
+			lua_rawgeti(L, t, (lua_Integer)i + 1);
+		else
+			lua_pushvalue(L, t);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			diag(f->v, f->w, "%s: retry_on: element %zu: expected a string, got %s", f->who,
+			     i + 1, got(L, -1, b, sizeof(b)));
+			lua_pop(L, 1);
+			continue;
+		}
+		s = lua_tostring(L, -1);
+		for (j = 0; j < 5; j++)
+			if (strcmp(s, retry_names[j]) == 0)
+				break;
+		if (j < 5)
+			*mask |= retry_bits[j];
+		else if ((sg = suggest(s, retry_names, 5)) != NULL)
+			diag(f->v, f->w, "%s: retry_on: unknown error class '%s' (did you mean '%s'?)",
+			     f->who, s, sg);
+		else
+			diag(f->v, f->w, "%s: retry_on: unknown error class '%s' (known: timeout, error, "
+			     "overload, rejected, crashed)", f->who, s);
+		lua_pop(L, 1);
+	}
+out:
+	lua_pop(L, 1);
+}
+
+static void build_backoff(fctx *f, int o, tr_backoff *bo)
+{
+	static const char *const keys[] = {"base", "max", "jitter"};
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, o, "backoff"), t = lua_gettop(L);
+
+	if (ty == LUA_TTABLE) {
+		fctx fb;
+		subwho(&fb, f, ": backoff");
+		check_keys(&fb, t, keys, 3, 0, NULL);
+		want_dur(&fb, t, "base", &bo->base_us);
+		want_dur(&fb, t, "max", &bo->max_us);
+		want_bool(&fb, t, "jitter", &bo->jitter);
+		if (bo->base_us > bo->max_us)
+			diag(f->v, f->w, "%s: backoff: base is larger than max", f->who);
+	} else if (ty != LUA_TNIL) {
+		diag(f->v, f->w, "%s: backoff: expected a table like { base = \"10ms\", max = \"1s\", "
+		     "jitter = true }, got %s", f->who, got(L, t, b, sizeof(b)));
+	}
+	lua_pop(L, 1);
+}
+
+static void build_cache(fctx *f, int o, tr_cache_spec *cs)
+{
+	static const char *const keys[] = {"ttl", "key", "capacity"};
+	lua_State *L = f->v->L;
+	vctx *v = f->v;
+	char b[64];
+	int ty = rget(L, o, "cache"), t = lua_gettop(L), kt;
+	fctx fc;
+
+	subwho(&fc, f, ": cache");
+	if (ty == LUA_TNIL)
+		goto out;
+	if (ty != LUA_TTABLE) {
+		diag(v, f->w, "%s: expected a table like { ttl = \"60s\", key = { \"text\" } }, got %s",
+		     fc.who, got(L, t, b, sizeof(b)));
+		goto out;
+	}
+	cs->on = true;
+	cs->capacity = 10000;
+	check_keys(&fc, t, keys, 3, 0, NULL);
+	if (!want_dur(&fc, t, "ttl", &cs->ttl_us))
+		diag(v, f->w, "%s: missing ttl (e.g. ttl = \"60s\")", fc.who);
+	want_uint(&fc, t, "capacity", 1, 10000000, &cs->capacity);
+	kt = rget(L, t, "key");
+	if (kt == LUA_TSTRING) {
+		cs->keys = tr__calloc(1, sizeof(char *));
+		if (cs->keys == NULL)
+			v->nomem = 1;
+		else if ((cs->keys[0] = dup(v, lua_tostring(L, -1))) != NULL)
+			cs->nkeys = 1;
+	} else if (kt == LUA_TTABLE) {
+		int ki = lua_gettop(L);
+		size_t n = seq_count(L, ki);
+		fctx fk;
+		subwho(&fk, &fc, ": key");
+		check_keys(&fk, ki, NULL, 0, 1, NULL);
+		check_holes(&fk, ki, n);
+		cs->keys = n ? tr__calloc(n, sizeof(char *)) : NULL;
+		if (n && cs->keys == NULL)
+			v->nomem = 1;
+		for (size_t i = 0; cs->keys && i < n; i++) {
+			lua_rawgeti(L, ki, (lua_Integer)i + 1);
+			if (lua_type(L, -1) != LUA_TSTRING)
+				diag(v, f->w, "%s: key: element %zu: expected a field name, got %s", fc.who,
+				     i + 1, got(L, -1, b, sizeof(b)));
+			else if ((cs->keys[cs->nkeys] = dup(v, lua_tostring(L, -1))) != NULL)
+				cs->nkeys++;
+			lua_pop(L, 1);
+		}
+	} else if (kt != LUA_TNIL) {
+		diag(v, f->w, "%s: key: expected a list of field names, got %s", fc.who,
+		     got(L, -1, b, sizeof(b)));
+	}
+	lua_pop(L, 1);
+out:
+	lua_pop(L, 1);
+}
+
+/* The `when` of a step, route or parallel: the number given by the DSL. */
+static void build_when(fctx *f, int d, int o, int *when_fn, int route)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, o, "when");
+
+	if (ty == LUA_TFUNCTION)
+		*when_fn = dint(L, d, "fn");
+	else if (ty != LUA_TNIL && !route)
+		diag(f->v, f->w, "%s: when: expected a function(msg) returning true or false, got %s",
+		     f->who, got(L, -1, b, sizeof(b)));
+	lua_pop(L, 1);
+}
+
+static void build_call(vctx *v, int d, int o, tr_step *s, fctx *f)
+{
+	static const char *const keys[] = {"timeout", "first_byte_timeout", "retries",
+	                                   "retry_on", "backoff", "fallback",
+	                                   "cache", "coalesce", "when"};
+	lua_State *L = v->L;
+
+	s->u.call.timeout_us = 1000000;
+	s->u.call.retry_on = TR_RETRY_DEFAULT;
+	s->u.call.backoff = (tr_backoff){10000, 1000000, true};
+	rget(L, d, "name");
+	s->u.call.actor = dup(v, lua_tostring(L, -1));
+	lua_pop(L, 1);
+	if (s->u.call.actor != NULL)
+		check_actor_ref(f, NULL, s->u.call.actor);
+	check_keys(f, o, keys, sizeof(keys) / sizeof(keys[0]), 0, NULL);
+	want_dur(f, o, "timeout", &s->u.call.timeout_us);
+	want_dur(f, o, "first_byte_timeout", &s->u.call.first_byte_timeout_us);
+	want_uint(f, o, "retries", 0, 100, &s->u.call.retries);
+	build_retry_on(f, o, &s->u.call.retry_on);
+	build_backoff(f, o, &s->u.call.backoff);
+	if (want_str(f, o, "fallback", &s->u.call.fallback) && s->u.call.fallback != NULL)
+		check_actor_ref(f, "fallback", s->u.call.fallback);
+	build_cache(f, o, &s->u.call.cache);
+	want_bool(f, o, "coalesce", &s->u.call.coalesce);
+	build_when(f, d, o, &s->when_fn, 0);
+}
+
+static void build_route(vctx *v, int d, int o, tr_step *s, fctx *f, int depth)
+{
+	lua_State *L = v->L;
+	size_t base = v->nnames, nb;
+	int ty;
+	char b[64];
+
+	rget(L, d, "name");
+	s->u.route.field = dup(v, lua_tostring(L, -1));
+	lua_pop(L, 1);
+	build_when(f, d, o, &s->when_fn, 1);
+	/* branches: every string key but default (and a `when` function) */
+	lua_pushnil(L);
+	while (lua_next(L, o)) {
+		if (lua_type(L, -2) != LUA_TSTRING) {
+			diag(v, f->w, "%s: branch keys must be field values (strings), got %s %s", f->who,
+			     luaL_typename(L, -2), got(L, -2, b, sizeof(b)));
+		} else if (strcmp(lua_tostring(L, -2), "default") != 0 &&
+		           !(strcmp(lua_tostring(L, -2), "when") == 0 &&
+		             lua_type(L, -1) == LUA_TFUNCTION)) {
+			names_push(v, lua_tostring(L, -2));
+		}
+		lua_pop(L, 1);
+	}
+	nb = v->nnames - base;
+	qsort(v->names + base, nb, sizeof(*v->names), cmp_str);
+	if (nb > 0) {
+		s->u.route.branches = tr__calloc(nb, sizeof(tr_route_branch));
+		if (s->u.route.branches == NULL) {
+			v->nomem = 1;
+			nb = 0;
+		}
+	}
+	for (size_t i = 0; i < nb; i++) {
+		tr_route_branch *br = &s->u.route.branches[i];
+		const char *val = v->names[base + i];
+		fctx fb;
+		br->pos = srcpos(v, f->w);
+		br->value = dup(v, val);
+		s->u.route.nbranches++;
+		subwho(&fb, f, ": branch '%s'", val);
+		rget(L, o, val);
+		build_list(v, lua_gettop(L), &br->steps, &fb, depth + 1);
+		lua_pop(L, 1);
+	}
+	v->nnames = base;
+	ty = rget(L, o, "default");
+	if (ty == LUA_TNIL) {
+		diag(v, f->w, "%s: missing default = { ... } (the steps for any other value)", f->who);
+	} else {
+		fctx fd;
+		subwho(&fd, f, ": default");
+		build_list(v, lua_gettop(L), &s->u.route.dflt, &fd, depth + 1);
+	}
+	lua_pop(L, 1);
+}
+
+static void build_parallel(vctx *v, int d, int o, tr_step *s, fctx *f, int depth)
+{
+	static const char *const keys[] = {"join", "when"};
+	lua_State *L = v->L;
+	size_t n = seq_count(L, o);
+	char b[64];
+	int ty;
+
+	check_keys(f, o, keys, 2, 1, NULL);
+	check_holes(f, o, n);
+	build_when(f, d, o, &s->when_fn, 0);
+	if (n == 0) {
+		diag(v, f->w, "%s has no branches: parallel { {step ...}, {step ...}, join = ... }",
+		     f->who);
+	} else {
+		s->u.par.branches = tr__calloc(n, sizeof(tr_step_list));
+		if (s->u.par.branches == NULL)
+			v->nomem = 1;
+		for (size_t i = 0; s->u.par.branches && i < n; i++) {
+			fctx fb;
+			subwho(&fb, f, ": branch %zu", i + 1);
+			s->u.par.nbranches++;
+			lua_rawgeti(L, o, (lua_Integer)i + 1);
+			build_list(v, lua_gettop(L), &s->u.par.branches[i], &fb, depth + 1);
+			lua_pop(L, 1);
+		}
+	}
+	ty = rget(L, o, "join");
+	if (ty == LUA_TSTRING && strcmp(lua_tostring(L, -1), "all") == 0) {
+		s->u.par.join = TR_JOIN_ALL;
+	} else if (ty == LUA_TSTRING && strcmp(lua_tostring(L, -1), "first") == 0) {
+		s->u.par.join = TR_JOIN_FIRST;
+	} else if (ty == LUA_TNUMBER && lua_isinteger(L, -1)) {
+		lua_Integer j = lua_tointeger(L, -1);
+		if (n > 0 && (j < 1 || (size_t)j > n))
+			diag(v, f->w, "%s: join = %lld is out of range (1..%zu, the number of branches)",
+			     f->who, (long long)j, n);
+		s->u.par.join = TR_JOIN_N;
+		s->u.par.join_n = j >= 1 && j <= (lua_Integer)UINT32_MAX ? (uint32_t)j : 0;
+	} else if (ty != LUA_TNIL) {
+		diag(v, f->w, "%s: join: expected \"all\", \"first\" or a number of branches, got %s%s%s",
+		     f->who, ty == LUA_TSTRING ? "'" : "", ty == LUA_TSTRING ? lua_tostring(L, -1)
+		                                                               : got(L, -1, b, sizeof(b)),
+		     ty == LUA_TSTRING ? "'" : "");
+	}
+	lua_pop(L, 1);
+}
+
+/* One element of a step list: the descriptor at idx, number i (1-based)
+ * in the list described by `outer`. */
+static void build_step(vctx *v, int idx, tr_step *s, fctx *outer, size_t i, int depth)
+{
+	lua_State *L = v->L;
+	const char *k = desc_kind(L, idx);
+	fctx f = {v, outer->w, ""};
+	char b[64];
+	int o, ty;
+
+	s->when_fn = -1;
+	if (k == NULL || (strcmp(k, "step") != 0 && strcmp(k, "route") != 0 &&
+	                  strcmp(k, "parallel") != 0)) {
+		if (lua_type(L, idx) == LUA_TFUNCTION)
+			diag(v, outer->w, "%s: element %zu: expected step, route or parallel, got a "
+			     "function (missing { ... } after step \"name\"?)", outer->who, i);
+		else if (k != NULL)
+			diag(v, outer->w, "%s: element %zu: %s cannot be used as a step", outer->who, i,
+			     k);
+		else
+			diag(v, outer->w, "%s: element %zu: expected step, route or parallel, got %s",
+			     outer->who, i, got(L, idx, b, sizeof(b)));
+		return;
+	}
+	f.w = wof(L, idx);
+	if (depth > MAX_NEST) {
+		diag(v, f.w, "%s: steps nested deeper than %d (or a table that contains itself)",
+		     outer->who, MAX_NEST);
+		return;
+	}
+	ty = rget(L, idx, "name");
+	if (strcmp(k, "parallel") == 0) {
+		snprintf(f.who, sizeof(f.who), "parallel");
+	} else if (ty != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
+		diag(v, f.w, "%s: expected a %s: %s \"name\" { ... }, got %s", k,
+		     strcmp(k, "step") == 0 ? "actor name" : "message field name", k,
+		     got(L, -1, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	} else {
+		snprintf(f.who, sizeof(f.who), "%s '%s'", k, lua_tostring(L, -1));
+	}
+	lua_pop(L, 1);
+	if (dint(L, idx, "twice"))
+		diag(v, f.w, "%s: options given twice", f.who);
+	rget(L, idx, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, f.w, "%s: expected an options table, got %s", f.who, got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	if (strcmp(k, "step") == 0) {
+		s->kind = TR_STEP_CALL;
+		s->pos = srcpos(v, f.w);
+		build_call(v, idx, o, s, &f);
+	} else if (strcmp(k, "route") == 0) {
+		s->kind = TR_STEP_ROUTE;
+		s->pos = srcpos(v, f.w);
+		build_route(v, idx, o, s, &f, depth);
+	} else {
+		s->kind = TR_STEP_PARALLEL;
+		s->pos = srcpos(v, f.w);
+		build_parallel(v, idx, o, s, &f, depth);
+	}
+	lua_pop(L, 1);
+}
+
+/* A list of steps at t: one descriptor, or a table of them. */
+static void build_list(vctx *v, int t, tr_step_list *out, fctx *f, int depth)
+{
+	lua_State *L = v->L;
+	size_t n;
+	char b[64];
+
+	luaL_checkstack(L, 16, "steps");
+	if (desc_kind(L, t) != NULL) {
+		out->v = tr__calloc(1, sizeof(tr_step));
+		if (out->v == NULL) {
+			v->nomem = 1;
+			return;
+		}
+		out->n = 1;
+		build_step(v, t, &out->v[0], f, 1, depth);
+		return;
+	}
+	if (lua_type(L, t) != LUA_TTABLE) {
+		diag(v, f->w, "%s: expected a step or a list of steps, got %s", f->who,
+		     got(L, t, b, sizeof(b)));
+		return;
+	}
+	if (depth > MAX_NEST) {
+		diag(v, f->w, "%s: steps nested deeper than %d (or a table that contains itself)",
+		     f->who, MAX_NEST);
+		return;
+	}
+	n = seq_count(L, t);
+	check_keys(f, t, NULL, 0, 1, NULL);
+	check_holes(f, t, n);
+	if (n == 0)
+		return;
+	out->v = tr__calloc(n, sizeof(tr_step));
+	if (out->v == NULL) {
+		v->nomem = 1;
+		return;
+	}
+	out->n = n;
+	for (size_t i = 0; i < n; i++) {
+		lua_rawgeti(L, t, (lua_Integer)i + 1);
+		build_step(v, lua_gettop(L), &out->v[i], f, i + 1, depth);
+		lua_pop(L, 1);
+	}
+}
+
+/* ---- pipelines ------------------------------------------------------------ */
+
+static void build_pipeline(vctx *v, int d, where w, tr_pipeline_spec *p)
+{
+	static const char *const keys[] = {"deadline", "max_inflight", "tap"};
+	lua_State *L = v->L;
+	fctx f = {v, w, ""};
+	char b[64];
+	size_t n;
+	int o;
+
+	p->pos = srcpos(v, w);
+	p->deadline_us = 30000000;
+	p->max_inflight = 1000;
+	snprintf(f.who, sizeof(f.who), "pipeline '%s'", p->name);
+	if (dint(L, d, "twice"))
+		diag(v, w, "%s: options given twice", f.who);
+	rget(L, d, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, w, "%s: expected a table: pipeline \"%s\" { step \"...\" { ... }, ... }, got %s",
+		     f.who, p->name, got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	check_keys(&f, o, keys, 3, 1, NULL);
+	want_dur(&f, o, "deadline", &p->deadline_us);
+	want_uint(&f, o, "max_inflight", 1, 1000000, &p->max_inflight);
+	if (want_str(&f, o, "tap", &p->tap) && p->tap != NULL)
+		check_actor_ref(&f, "tap", p->tap);
+	n = seq_count(L, o);
+	check_holes(&f, o, n);
+	if (n == 0) {
+		diag(v, w, "%s has no steps", f.who);
+	} else {
+		p->steps.v = tr__calloc(n, sizeof(tr_step));
+		if (p->steps.v == NULL) {
+			v->nomem = 1;
+		} else {
+			p->steps.n = n;
+			for (size_t i = 0; i < n; i++) {
+				lua_rawgeti(L, o, (lua_Integer)i + 1);
+				build_step(v, lua_gettop(L), &p->steps.v[i], &f, i + 1, 1);
+				lua_pop(L, 1);
+			}
+		}
+	}
+	lua_pop(L, 1);
+}
+
+/* ---- supervision tree ---------------------------------------------------- */
+
+/* Children exist, belong to one supervisor, and no supervisor contains
+ * itself. parent[]: actors first, then supervisors; -1 = top level. */
+static void check_tree(vctx *v)
+{
+	tr_config *c = v->c;
+	size_t na = c->nactors, ns = c->nsups;
+
+	v->parent = tr__malloc((na + ns + 1) * sizeof(int));
+	if (v->parent == NULL) {
+		v->nomem = 1;
+		return;
+	}
+	for (size_t i = 0; i < na + ns; i++)
+		v->parent[i] = -1;
+	for (size_t si = 0; si < ns; si++) {
+		tr_supervisor_spec *s = &c->sups[si];
+		where w = {0, s->pos.line};
+		for (size_t f = 0; f < c->nfiles; f++)
+			if (c->files[f] == s->pos.file)
+				w.file = (int)f;
+		for (size_t k = 0; k < s->nchildren; k++) {
+			const char *ch = s->children[k];
+			long ai = find_actor(c, ch), xi = find_sup(c, ch), slot;
+			if (ch == NULL)
+				continue;
+			for (size_t j = 0; j < k; j++) {
+				if (s->children[j] && strcmp(s->children[j], ch) == 0) {
+					diag(v, w, "supervisor '%s': child '%s' is listed twice", s->name, ch);
+					ai = xi = -2;
+					break;
+				}
+			}
+			if (ai == -2)
+				continue;
+			if (ai < 0 && xi < 0) {
+				const char *sg;
+				if (v->partial)
+					continue;
+				sg = suggest_actor(v, ch, 1);
+				if (sg != NULL)
+					diag(v, w, "supervisor '%s': unknown child '%s' (did you mean '%s'?)",
+					     s->name, ch, sg);
+				else
+					diag(v, w, "supervisor '%s': unknown child '%s' (not a declared actor "
+					     "or supervisor)", s->name, ch);
+				continue;
+			}
+			slot = ai >= 0 ? ai : (long)na + xi;
+			if (v->parent[slot] >= 0) {
+				const tr_supervisor_spec *o = &c->sups[v->parent[slot]];
+				diag(v, w, "supervisor '%s': %s '%s' already belongs to supervisor '%s' (%s:%d)",
+				     s->name, ai >= 0 ? "actor" : "supervisor", ch, o->name, o->pos.file,
+				     o->pos.line);
+				continue;
+			}
+			v->parent[slot] = (int)si;
+		}
+	}
+	/* Cycles: each supervisor has at most one parent now, so walking up
+	 * from i either ends at the top or comes back to i. Report each cycle
+	 * once, at its first-declared member. */
+	for (size_t i = 0; i < ns; i++) {
+		int j = v->parent[na + i], min = (int)i, len = 1;
+		while (j >= 0 && j != (int)i && len <= (int)ns) {
+			if (j < min)
+				min = j;
+			j = v->parent[na + (size_t)j];
+			len++;
+		}
+		if (j != (int)i || min != (int)i)
+			continue;
+		/* path in "contains" order: i contains the last parent found, ... */
+		char path[512];
+		size_t off = 0;
+		int chain[64], nch = 0;
+		j = (int)i;
+		do {
+			if (nch < 64)
+				chain[nch++] = j;
+			j = v->parent[na + (size_t)j];
+		} while (j != (int)i);
+		off += (size_t)snprintf(path, sizeof(path), "%s", c->sups[i].name);
+		for (int k = nch - 1; k >= 0 && off < sizeof(path); k--)
+			off += (size_t)snprintf(path + off, sizeof(path) - off, " -> %s",
+			                        c->sups[chain[k]].name);
+		where w = {0, c->sups[i].pos.line};
+		for (size_t f = 0; f < c->nfiles; f++)
+			if (c->files[f] == c->sups[i].pos.file)
+				w.file = (int)f;
+		diag(v, w, "supervisor '%s' contains itself (%s)", c->sups[i].name, path);
+	}
+}
+
+/* ---- the pass ---------------------------------------------------------------- */
+
+/* Earlier declaration of `name` among actors and supervisors, for the
+ * duplicate message. Returns 1 and fills kind/pos if found. */
+static int taken(vctx *v, const char *name, const char **kind, tr_srcpos *pos)
+{
+	long i = find_actor(v->c, name);
+	if (i >= 0) {
+		*kind = "actor";
+		*pos = v->c->actors[i].pos;
+		return 1;
+	}
+	i = find_sup(v->c, name);
+	if (i >= 0) {
+		*kind = "supervisor";
+		*pos = v->c->sups[i].pos;
+		return 1;
+	}
+	return 0;
+}
+
+static int validate_k(lua_State *L)
+{
+	vctx *v = lua_touserdata(L, 1);
+	tr_config *c = v->c;
+	size_t n, na = 0, ns = 0, np = 0;
+	int decls, seen_node = 0;
+	where first_node = {0, 0};
+
+	lua_settop(L, 0);
+	luaL_checkstack(L, 32, "validation");
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &tr__lua_key_decls);
+	decls = lua_gettop(L);
+	n = lua_rawlen(L, decls);
+	for (size_t i = 1; i <= n; i++) {
+		const char *k;
+		lua_rawgeti(L, decls, (lua_Integer)i);
+		k = desc_kind(L, -1);
+		na += strcmp(k, "actor") == 0;
+		ns += strcmp(k, "supervisor") == 0;
+		np += strcmp(k, "pipeline") == 0;
+		lua_pop(L, 1);
+	}
+	if ((na && !(c->actors = tr__calloc(na, sizeof(tr_actor_spec)))) ||
+	    (ns && !(c->sups = tr__calloc(ns, sizeof(tr_supervisor_spec)))) ||
+	    (np && !(c->pipelines = tr__calloc(np, sizeof(tr_pipeline_spec))))) {
+		v->nomem = 1;
+		return 0;
+	}
+	/* Declarations first, so that steps may name actors declared later
+	 * (or in a later file). */
+	for (size_t i = 1; i <= n && !v->nomem; i++) {
+		int d;
+		const char *k, *name, *tk;
+		tr_srcpos tp;
+		where w;
+
+		lua_rawgeti(L, decls, (lua_Integer)i);
+		d = lua_gettop(L);
+		k = desc_kind(L, d);
+		w = wof(L, d);
+		if (strcmp(k, "node") == 0) {
+			build_node(v, d, w, &seen_node, &first_node);
+		} else if ((name = decl_name(v, d, k, w)) == NULL) {
+			/* reported */
+		} else if (strcmp(k, "pipeline") == 0) {
+			const tr_pipeline_spec *p = tr_config_pipeline(c, name);
+			if (p != NULL) {
+				diag(v, w, "pipeline '%s' is declared twice (first at %s:%d)", name,
+				     p->pos.file, p->pos.line);
+			} else {
+				c->pipelines[c->npipelines].name = dup(v, name);
+				c->pipelines[c->npipelines].pos = srcpos(v, w);
+				c->npipelines++;
+				lua_pushinteger(L, (lua_Integer)c->npipelines);
+				lua_setfield(L, d, "accepted");
+			}
+		} else if (taken(v, name, &tk, &tp)) {
+			if (strcmp(tk, k) == 0)
+				diag(v, w, "%s '%s' is declared twice (first at %s:%d)", k, name, tp.file,
+				     tp.line);
+			else
+				diag(v, w, "%s '%s': the name is taken by %s '%s' (%s:%d)", k, name, tk, name,
+				     tp.file, tp.line);
+		} else if (strcmp(k, "actor") == 0) {
+			tr_actor_spec *a = &c->actors[c->nactors++];
+			a->name = dup(v, name);
+			build_actor(v, d, w, name, a);
+		} else {
+			tr_supervisor_spec *s = &c->sups[c->nsups++];
+			s->name = dup(v, name);
+			build_sup(v, d, w, name, s);
+		}
+		lua_settop(L, decls);
+	}
+	for (size_t i = 1; i <= n && !v->nomem; i++) {
+		lua_rawgeti(L, decls, (lua_Integer)i);
+		int d = lua_gettop(L);
+		if (strcmp(desc_kind(L, d), "pipeline") == 0) {
+			int acc = dint(L, d, "accepted");
+			if (acc > 0)
+				build_pipeline(v, d, wof(L, d), &c->pipelines[acc - 1]);
+		}
+		lua_settop(L, decls);
+	}
+	if (!v->nomem)
+		check_tree(v);
+	if (c->node.name == NULL && !v->nomem)
+		c->node.name = dup(v, "troupe");
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &tr__lua_key_fns);
+	c->nfns = (int)lua_rawlen(L, -1);
+	return 0;
+}
+
+int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag)
+{
+	size_t n0 = diag->n;
+	tr_config *c = NULL;
+	lua_State *L = NULL;
+	vctx v;
+	char err[1024];
+	int rc = TR_OK, st;
+
+	memset(&v, 0, sizeof(v));
+	tr_buf_init(&v.scratch);
+	*out = NULL;
+	if (nfiles == 0) {
+		rc = diag_add(diag, "no pipeline files given");
+		return rc == TR_OK ? TR_EINVAL : rc;
+	}
+	c = tr__calloc(1, sizeof(*c));
+	if (c == NULL)
+		return TR_ENOMEM;
+	c->files = tr__calloc(nfiles, sizeof(char *));
+	if (c->files == NULL)
+		goto nomem;
+	for (size_t i = 0; i < nfiles; i++) {
+		if ((c->files[i] = tr__strndup(files[i], strlen(files[i]))) == NULL)
+			goto nomem;
+		c->nfiles++;
+	}
+	rc = tr__lua_sandbox_new(NULL, 1, &L);
+	if (rc != TR_OK)
+		goto fail;
+	v.L = L;
+	v.c = c;
+	v.d = diag;
+	for (size_t i = 0; i < nfiles; i++) {
+		tr__lua_sb(L)->cur_file = (int)i;
+		tr__lua_budget(L, TR__LUA_LOAD_STEPS);
+		rc = tr__lua_run_file(L, c->files[i], err, sizeof(err));
+		if (rc == TR_ENOMEM)
+			goto nomem;
+		if (rc != TR_OK) {
+			if (diag_add(diag, err) != TR_OK)
+				goto nomem;
+			v.partial = 1;
+		}
+	}
+	lua_settop(L, 0);
+	lua_pushcfunction(L, validate_k);
+	lua_pushlightuserdata(L, &v);
+	st = lua_pcall(L, 1, 0, 0);
+	if (st != LUA_OK) {
+		tr__lua_errmsg(L, st, err, sizeof(err));
+		if (diag_add(diag, err) != TR_OK)
+			goto nomem;
+	}
+	if (v.nomem)
+		goto nomem;
+	rc = diag->n > n0 ? TR_EINVAL : TR_OK;
+	goto fail; /* the common cleanup; c is kept below on success */
+nomem:
+	rc = TR_ENOMEM;
+fail:
+	tr_lua_state_free(L);
+	tr_buf_free(&v.scratch);
+	tr__free(v.names);
+	tr__free(v.parent);
+	if (rc == TR_OK)
+		*out = c;
+	else
+		tr_config_free(c);
+	return rc;
+}

@@ -1,0 +1,103 @@
+/*
+ * pipe/spec.c -- freeing and looking up the configuration model (spec.h).
+ *
+ * tr_config_free() also frees configs that were only partly built (the
+ * loader frees its work this way after an error): every array is zeroed
+ * when allocated and its count raised only as elements are filled, and a
+ * step whose kind is still 0 owns nothing.
+ */
+#include <string.h>
+
+#include "core/alloc.h"
+#include "pipe/spec.h"
+
+static void free_list(tr_step_list *l);
+
+static void free_step(tr_step *s)
+{
+	switch (s->kind) {
+	case TR_STEP_CALL:
+		tr__free(s->u.call.actor);
+		tr__free(s->u.call.fallback);
+		for (size_t i = 0; i < s->u.call.cache.nkeys; i++)
+			tr__free(s->u.call.cache.keys[i]);
+		tr__free(s->u.call.cache.keys);
+		break;
+	case TR_STEP_ROUTE:
+		tr__free(s->u.route.field);
+		for (size_t i = 0; i < s->u.route.nbranches; i++) {
+			tr__free(s->u.route.branches[i].value);
+			free_list(&s->u.route.branches[i].steps);
+		}
+		tr__free(s->u.route.branches);
+		free_list(&s->u.route.dflt);
+		break;
+	case TR_STEP_PARALLEL:
+		for (size_t i = 0; i < s->u.par.nbranches; i++)
+			free_list(&s->u.par.branches[i]);
+		tr__free(s->u.par.branches);
+		break;
+	}
+}
+
+static void free_list(tr_step_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free_step(&l->v[i]);
+	tr__free(l->v);
+}
+
+void tr_config_free(tr_config *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < c->nactors; i++) {
+		tr__free(c->actors[i].name);
+		tr__free(c->actors[i].kind);
+		tr__free(c->actors[i].config);
+	}
+	tr__free(c->actors);
+	for (size_t i = 0; i < c->nsups; i++) {
+		tr__free(c->sups[i].name);
+		for (size_t j = 0; j < c->sups[i].nchildren; j++)
+			tr__free(c->sups[i].children[j]);
+		tr__free(c->sups[i].children);
+	}
+	tr__free(c->sups);
+	for (size_t i = 0; i < c->npipelines; i++) {
+		tr__free(c->pipelines[i].name);
+		tr__free(c->pipelines[i].tap);
+		free_list(&c->pipelines[i].steps);
+	}
+	tr__free(c->pipelines);
+	tr__free(c->node.name);
+	tr__free(c->node.http);
+	for (size_t i = 0; i < c->nfiles; i++)
+		tr__free(c->files[i]);
+	tr__free(c->files);
+	tr__free(c);
+}
+
+const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->nactors; i++)
+		if (c->actors[i].name != NULL && strcmp(c->actors[i].name, name) == 0)
+			return &c->actors[i];
+	return NULL;
+}
+
+const tr_supervisor_spec *tr_config_sup(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->nsups; i++)
+		if (c->sups[i].name != NULL && strcmp(c->sups[i].name, name) == 0)
+			return &c->sups[i];
+	return NULL;
+}
+
+const tr_pipeline_spec *tr_config_pipeline(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->npipelines; i++)
+		if (c->pipelines[i].name != NULL && strcmp(c->pipelines[i].name, name) == 0)
+			return &c->pipelines[i];
+	return NULL;
+}
