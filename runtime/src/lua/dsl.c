@@ -344,6 +344,13 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* Sorts names[base..] (qsort must not see a NULL array, even empty). */
+static void sort_names(vctx *v, size_t base)
+{
+	if (v->nnames - base > 1)
+		qsort(v->names + base, v->nnames - base, sizeof(*v->names), cmp_str);
+}
+
 /* "got ..." text for the value at idx. */
 static const char *got(lua_State *L, int idx, char *buf, size_t len)
 {
@@ -640,7 +647,7 @@ static void check_keys(fctx *f, int t, const char *const *known, size_t nknown, 
 			     got(L, -1, b, sizeof(b)));
 		}
 	}
-	qsort(v->names + base, v->nnames - base, sizeof(*v->names), cmp_str);
+	sort_names(v, base);
 	for (size_t i = base; i < v->nnames; i++) {
 		const char *s = suggest(v->names[i], known, nknown);
 		if (s != NULL)
@@ -855,7 +862,7 @@ static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
 	n = v->nnames - base;
 	if (n == 0)
 		return;
-	qsort(v->names + base, n, sizeof(*v->names), cmp_str);
+	sort_names(v, base);
 	v->scratch.len = 0;
 	msgpack_packer_init(&pk, &v->scratch, buf_write);
 	if (msgpack_pack_map(&pk, n)) {
@@ -1257,7 +1264,7 @@ static void build_route(vctx *v, int d, int o, tr_step *s, fctx *f, int depth)
 		lua_pop(L, 1);
 	}
 	nb = v->nnames - base;
-	qsort(v->names + base, nb, sizeof(*v->names), cmp_str);
+	sort_names(v, base);
 	if (nb > 0) {
 		s->u.route.branches = tr__calloc(nb, sizeof(tr_route_branch));
 		if (s->u.route.branches == NULL) {
