@@ -615,6 +615,18 @@ static int want_enum(fctx *f, int t, const char *k, const char *const *names, si
 
 /* ---- keys --------------------------------------------------------------- */
 
+/* A key of a type or value the construct does not take. */
+static void bad_key(fctx *f, int idx)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+
+	if (lua_type(L, idx) == LUA_TNUMBER)
+		diag(f->v, f->w, "%s: unexpected key [%s]", f->who, got(L, idx, b, sizeof(b)));
+	else
+		diag(f->v, f->w, "%s: unexpected %s key", f->who, luaL_typename(L, idx));
+}
+
 /*
  * Reports keys of table t that are not in known[]: string keys sorted (so
  * the output does not depend on hash order), with a suggestion. Integer
@@ -627,7 +639,6 @@ static void check_keys(fctx *f, int t, const char *const *known, size_t nknown, 
 	lua_State *L = f->v->L;
 	vctx *v = f->v;
 	size_t base = v->nnames, npos = 0;
-	char b[64];
 
 	lua_pushnil(L);
 	while (lua_next(L, t)) {
@@ -643,8 +654,7 @@ static void check_keys(fctx *f, int t, const char *const *known, size_t nknown, 
 		} else if (lua_isinteger(L, -1) && positional) {
 			npos++;
 		} else {
-			diag(v, f->w, "%s: unexpected %s key %s", f->who, luaL_typename(L, -1),
-			     got(L, -1, b, sizeof(b)));
+			bad_key(f, -1);
 		}
 	}
 	sort_names(v, base);
@@ -840,7 +850,6 @@ static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
 	lua_State *L = v->L;
 	size_t base = v->nnames, n;
 	msgpack_packer pk;
-	char b[64];
 	int bad = 0;
 
 	lua_pushnil(L);
@@ -855,8 +864,7 @@ static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
 			if (i == nknown)
 				names_push(v, k);
 		} else {
-			diag(v, f->w, "%s: unexpected %s key %s", f->who, luaL_typename(L, -1),
-			     got(L, -1, b, sizeof(b)));
+			bad_key(f, -1);
 		}
 	}
 	n = v->nnames - base;

@@ -23,7 +23,9 @@
 
 #include "pipe/spec.h"
 
-/* Diagnostics: every problem found, each "file:line: message". */
+/* Diagnostics: every problem found, each "file:line: message", where file
+ * is the path as given to tr_config_load (Lua's own messages -- syntax and
+ * runtime errors -- shorten paths longer than 59 bytes to "...tail"). */
 typedef struct tr_diag {
 	char **msgs; /* owned */
 	size_t n;
@@ -44,14 +46,22 @@ typedef struct tr_lua_limits {
  * Loads and validates `files` (in order, one shared namespace). On TR_OK,
  * *out is a new config. Otherwise TR_EINVAL (or TR_ENOMEM) and `diag`
  * holds every problem found, each naming file:line; *out is NULL.
+ * `diag` must be initialised (tr_diag_init); messages are appended, in a
+ * stable order: file errors first, then declarations in file order (keys
+ * of one table sorted), then the supervision tree.
+ * Reads the files from disk; runs them with a 64 MiB cap and 50 M
+ * instructions per file. Not thread-safe only in that it must not race
+ * tr_kind_register.
  */
 int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag);
 
 /*
  * A fresh sandboxed state with the config's files run again (the DSL
  * calls build nothing this time; they only number the functions), ready
- * for tr_lua_call. TR_OK, TR_ENOMEM, or TR_EFAILED (with a message in
- * err) if the files no longer load the same way.
+ * for tr_lua_call. `lim` may be NULL (defaults). TR_OK, TR_ENOMEM, or
+ * TR_EFAILED (with a message in err) if the files no longer load the same
+ * way (changed on disk since tr_config_load: the function count differs).
+ * Cost: about 20 KiB for pipelines/example.lua; it reads the files again.
  */
 int tr_lua_state_new(const tr_config *c, const tr_lua_limits *lim, lua_State **out,
                      char *err, size_t errlen);
@@ -61,11 +71,14 @@ void tr_lua_state_free(lua_State *L);
  * Calls function number `fn` as fn(msg, ctx) where msg is the msgpack map
  * in[0..inlen) turned into a Lua table (inlen 0: an empty table) and ctx
  * a table of read-only facts ({actor=, attempt=, tenant=}, may be NULL).
- * The result is encoded as msgpack into `out` (nil: `out` is left empty);
+ * The result is appended to `out` as msgpack (nil: nothing appended);
  * *truth (if not NULL) is set to the result's Lua truthiness.
  * TR_OK; TR_EFAILED for a Lua error, with "file:line: message" in err
- * (instruction and memory limits included); TR_EPROTO if the input is not
- * msgpack or the result cannot be encoded (functions, cycles, ...).
+ * (instruction and memory limits included: "instruction limit exceeded (N
+ * instructions)", "memory limit (N MiB) exceeded"); TR_EPROTO if the input
+ * is not a msgpack map or the result cannot be encoded (functions, cycles,
+ * ...); TR_EINVAL for an unknown function number. Each call gets a fresh
+ * instruction budget. The state stays usable after any error.
  */
 typedef struct tr_lua_ctx {
 	const char *actor;
@@ -76,11 +89,18 @@ typedef struct tr_lua_ctx {
 int tr_lua_call(lua_State *L, int fn, const unsigned char *in, size_t inlen,
                 const tr_lua_ctx *ctx, tr_buf *out, int *truth, char *err, size_t errlen);
 
-/* msgpack <-> Lua. Push: TR_OK or TR_EPROTO (depth past TR_MP_MAX_DEPTH
- * included); maps become tables, arrays become sequences, bin becomes a
- * string. Encode: tables with keys 1..n encode as arrays, others as maps
- * with string or integer keys; TR_EPROTO for functions, userdata, cycles,
- * NaN keys, depth past TR_MP_MAX_DEPTH. */
+/* msgpack <-> Lua (states from tr_lua_state_new only: they carry the
+ * sandbox bookkeeping). Push: exactly one object in p[0..n), checked with
+ * tr_mp_check first; TR_OK (one value pushed), TR_EPROTO (malformed, depth
+ * past TR_MP_MAX_DEPTH, ext types, nil/NaN/table map keys) or TR_ENOMEM
+ * (the state's cap); nothing pushed on error. Maps become tables, arrays
+ * sequences, bin a string; a uint64 above INT64_MAX becomes a float.
+ * Encode: appends to `out` (unchanged on error). Tables with keys exactly
+ * 1..n (n >= 1) encode as arrays, others (the empty table too) as maps
+ * with string or integer keys; TR_EPROTO for functions, userdata, threads,
+ * cycles, boolean or fractional keys, depth past TR_MP_MAX_DEPTH;
+ * TR_ETOOBIG past TR_MSG_MAX_WIRE; TR_ENOMEM. Reads tables raw (no
+ * metamethods) and raises no Lua error. */
 int tr_lua_push_msgpack(lua_State *L, const unsigned char *p, size_t n);
 int tr_lua_to_msgpack(lua_State *L, int idx, tr_buf *out);
 
@@ -102,7 +122,9 @@ extern const tr_actor_ops tr_lua_actor_ops;
 /*
  * `troupe check FILE...`: loads the files as tr_config_load does, prints
  * each diagnostic on stderr ("file:line: message"), or "FILE...: ok" on
- * stdout. Returns the exit status: 0 valid, 1 invalid, 2 usage.
+ * stdout. argv[0] is the command's name ("check") and the files follow,
+ * so main() passes (argc - 1, argv + 1) for `troupe check a.lua b.lua`.
+ * Returns the exit status: 0 valid, 1 invalid, 2 usage (no files).
  */
 int tr_check_main(int argc, char **argv);
 

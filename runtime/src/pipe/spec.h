@@ -2,7 +2,7 @@
  * pipe/spec.h -- the configuration model: what a set of Lua pipeline files
  * declares, after loading and validation, as plain C data.
  *
- * The Lua loader (lua/load.c) builds a tr_config; `troupe check` prints
+ * The Lua loader (lua/dsl.c, tr_config_load) builds a tr_config; `troupe check` prints
  * its diagnostics; the node spawns actors, supervisors and pipeline
  * engines from it; a reload builds a new one and swaps it in.
  *
@@ -162,7 +162,7 @@ typedef struct tr_config {
 	size_t npipelines;
 	/* Lua functions found in the files (receive, when), numbered in the
 	 * order the files create them. Running the same files in a fresh
-	 * sandbox (tr_lua_state_for) recreates them with the same numbers:
+	 * sandbox (tr_lua_state_new) recreates them with the same numbers:
 	 * that is how an actor's own lua_State finds its function. */
 	int nfns;
 } tr_config;
