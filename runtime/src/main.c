@@ -1,111 +1,368 @@
 /*
  * main.c -- the `troupe` command.
  *
- *   troupe run [--threads N] [--log-level L] [FILE...]   start a node
- *   troupe version                                     print the version
- *   troupe help | --help                               usage
+ *   troupe run [--threads N] [--log-level L] [--pid-file F] [FILE...]
+ *   troupe check FILE...
+ *   troupe reload (--pid PID | --pid-file F)
+ *   troupe version
+ *   troupe help | --help
  *
- * `run` starts the scheduler and waits for SIGINT/SIGTERM, then shuts the
- * node down (every actor's terminate() runs) and exits 0. Loading pipeline
- * files, the HTTP door and the built-in actors arrive with later issues;
- * until then `run` refuses FILE arguments it cannot load rather than
- * pretending to.
+ * `run` validates the pipeline files (exit 1 with every diagnostic when
+ * they are broken), starts the scheduler, deploys what the files declare
+ * (pipe/live.h) and then serves until SIGINT/SIGTERM: it shuts the node
+ * down (every actor's terminate() runs) and exits 0. SIGHUP reloads the
+ * files: a broken file is rejected and logged, the running version keeps
+ * serving. Logs are JSON lines on stderr.
+ *
+ * The main thread is the control thread: it owns the tr_live and is the
+ * only one that sees the signals (they are blocked before any worker
+ * starts, so every worker inherits the mask).
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <troupe/troupe.h>
+
+#include "lua/tlua.h"
+#include "pipe/live.h"
 
 static void usage(FILE *f)
 {
 	fputs("usage: troupe <command> [options]\n"
 	      "\n"
 	      "commands:\n"
-	      "  run [--threads N] [--log-level L] [FILE...]  start a node (Ctrl-C to stop)\n"
-	      "  version                                      print the version\n"
-	      "  help                                         this text\n",
+	      "  run [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
+	      "                                 start a node from pipeline files (Ctrl-C to stop)\n"
+	      "  check FILE...                  validate pipeline files without starting anything\n"
+	      "  reload (--pid PID | --pid-file F)\n"
+	      "                                 ask a running node to reload its files (SIGHUP)\n"
+	      "  version                        print the version\n"
+	      "  help                           this text\n"
+	      "\n"
+	      "`troupe COMMAND --help` describes one command.\n",
 	      f);
 }
 
-static void log_json(const char *level, const char *msg, const char *extra)
+/* ---- logging: one JSON object per line on stderr ------------------------ */
+
+enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static int log_min = LOG_INFO;
+
+static int parse_level(const char *s)
 {
-	fprintf(stderr, "{\"ts_us\":%llu,\"level\":\"%s\",\"msg\":\"%s\"%s%s}\n",
-	        (unsigned long long)tr_wall_us(), level, msg, extra ? "," : "", extra ? extra : "");
+	for (int i = 0; i < 4; i++)
+		if (strcmp(s, level_names[i]) == 0)
+			return i;
+	return -1;
 }
 
-static int parse_uint(const char *s, unsigned *out)
+/* Writes s as the inside of a JSON string (RFC 8259 escapes). */
+static void json_escape(FILE *f, const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p == '\n')
+			fputs("\\n", f);
+		else if (*p == '\t')
+			fputs("\\t", f);
+		else if (*p < 0x20)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+}
+
+/* log_json(level, msg, "key", "string value", ..., NULL): string fields;
+ * a key starting with '#' takes an unsigned long long instead (printed as
+ * a JSON number, without the '#'). One fprintf sequence under the stdio
+ * lock, so concurrent lines do not interleave. */
+static void log_json(int level, const char *msg, ...)
+{
+	va_list ap;
+	const char *k;
+
+	if (level < log_min)
+		return;
+	flockfile(stderr);
+	fprintf(stderr, "{\"ts_us\":%llu,\"level\":\"%s\",\"msg\":\"",
+	        (unsigned long long)tr_wall_us(), level_names[level]);
+	json_escape(stderr, msg);
+	fputc('"', stderr);
+	va_start(ap, msg);
+	while ((k = va_arg(ap, const char *)) != NULL) {
+		if (k[0] == '#') {
+			fprintf(stderr, ",\"%s\":%llu", k + 1, va_arg(ap, unsigned long long));
+		} else {
+			fprintf(stderr, ",\"%s\":\"", k);
+			json_escape(stderr, va_arg(ap, const char *));
+			fputc('"', stderr);
+		}
+	}
+	va_end(ap);
+	fputs("}\n", stderr);
+	funlockfile(stderr);
+}
+
+static void log_diag(int level, const char *msg, const tr_diag *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		log_json(level, msg, "error", d->msgs[i], (const char *)NULL);
+}
+
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 {
 	char *end;
 	errno = 0;
 	unsigned long v = strtoul(s, &end, 10);
-	if (errno != 0 || *s == '\0' || *end != '\0' || v > 1024)
+	if (errno != 0 || *s == '\0' || *end != '\0' || v > max)
 		return -1;
-	*out = (unsigned)v;
+	*out = v;
 	return 0;
+}
+
+/* ---- troupe run ---------------------------------------------------------- */
+
+static int write_pid_file(const char *path)
+{
+	FILE *f = fopen(path, "w");
+	if (f == NULL)
+		return -1;
+	fprintf(f, "%ld\n", (long)getpid());
+	return fclose(f) == 0 ? 0 : -1;
+}
+
+static void run_help(FILE *f)
+{
+	fputs("usage: troupe run [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
+	      "  FILE...         pipeline files (Lua), loaded in order into one namespace\n"
+	      "  --threads N     worker threads (default: node { threads } or the number of CPUs)\n"
+	      "  --log-level L   debug|info|warn|error (default info)\n"
+	      "  --pid-file F    write the process id to F (for `troupe reload --pid-file F`)\n"
+	      "signals: SIGINT/SIGTERM stop the node, SIGHUP reloads the files\n",
+	      f);
 }
 
 static int cmd_run(int argc, char **argv)
 {
 	tr_node_opts o;
+	const char *pid_file = NULL;
+	const char **files = NULL;
+	size_t nfiles = 0;
+	tr_config *cfg = NULL;
+	tr_node *node = NULL;
+	tr_live *live = NULL;
+	tr_diag d;
+	int rc, code = 1;
+
 	memset(&o, 0, sizeof(o));
+	tr_diag_init(&d);
+	files = calloc((size_t)argc + 1, sizeof(*files));
+	if (files == NULL) {
+		fputs("troupe run: out of memory\n", stderr);
+		return 1;
+	}
 	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-			fputs("usage: troupe run [--threads N] [--log-level L] [FILE...]\n"
-			      "  --threads N     worker threads (default: number of CPUs)\n"
-			      "  --log-level L   debug|info|warn|error (default info)\n",
-			      stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-			if (parse_uint(argv[++i], &o.threads) != 0 || o.threads == 0) {
+		const char *a = argv[i];
+		int has_val = i + 1 < argc;
+		unsigned long v;
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			run_help(stdout);
+			code = 0;
+			goto out;
+		} else if (strcmp(a, "--threads") == 0 && has_val) {
+			if (parse_uint(argv[++i], 64, &v) != 0 || v == 0) {
 				fprintf(stderr, "troupe run: --threads wants a number from 1 to 64, got '%s'\n",
 				        argv[i]);
-				return 2;
+				code = 2;
+				goto out;
 			}
-		} else if (strcmp(argv[i], "--log-level") == 0 && i + 1 < argc) {
-			i++;
-		} else if (argv[i][0] == '-') {
-			fprintf(stderr, "troupe run: unknown option '%s' (see troupe run --help)\n", argv[i]);
-			return 2;
+			o.threads = (unsigned)v;
+		} else if (strcmp(a, "--log-level") == 0 && has_val) {
+			if ((log_min = parse_level(argv[++i])) < 0) {
+				fprintf(stderr,
+				        "troupe run: --log-level wants debug, info, warn or error, got '%s'\n",
+				        argv[i]);
+				code = 2;
+				goto out;
+			}
+		} else if (strcmp(a, "--pid-file") == 0 && has_val) {
+			pid_file = argv[++i];
+		} else if (a[0] == '-') {
+			fprintf(stderr, "troupe run: unknown option or missing value '%s' (see troupe run --help)\n", a);
+			code = 2;
+			goto out;
 		} else {
-			fprintf(stderr,
-			        "troupe run: cannot load '%s': pipeline files are not supported by "
-			        "this build yet\n",
-			        argv[i]);
-			return 1;
+			files[nfiles++] = a;
 		}
 	}
 
-	/* Block the stop signals before any thread starts, so every worker
-	 * inherits the mask and only sigwait() below sees them. */
+	/* Validate before anything starts: a broken file costs no thread. The
+	 * config read here also gives the node's settings; tr_live_load reads
+	 * the files again to deploy them (so that a reload works the same). */
+	if (nfiles > 0) {
+		rc = tr_config_load(files, nfiles, &cfg, &d);
+		if (rc != TR_OK) {
+			log_diag(LOG_ERROR, "invalid pipeline files", &d);
+			if (d.n == 0)
+				log_json(LOG_ERROR, "cannot load pipeline files", "error", tr_strerror(rc),
+				         (const char *)NULL);
+			goto out;
+		}
+		if (o.threads == 0)
+			o.threads = cfg->node.threads;
+	}
+
+	/* Block the control signals before any thread starts, so every worker
+	 * inherits the mask and only sigtimedwait() below sees them. */
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	tr_node *node;
-	int rc = tr_node_new(&o, &node);
+	rc = tr_node_new(&o, &node);
 	if (rc == TR_OK)
 		rc = tr_node_start(node);
+	if (rc == TR_OK)
+		rc = tr_live_new(node, &live);
 	if (rc != TR_OK) {
-		fprintf(stderr, "troupe run: cannot start the node: %s\n", tr_strerror(rc));
+		log_json(LOG_ERROR, "cannot start the node", "error", tr_strerror(rc), (const char *)NULL);
+		if (node != NULL) {
+			tr_node_shutdown(node, 1);
+			tr_node_wait(node);
+		}
+		goto out;
+	}
+	if (nfiles > 0) {
+		rc = tr_live_load(live, files, nfiles, &d);
+		if (rc != TR_OK) {
+			log_diag(LOG_ERROR, "cannot deploy the pipeline files", &d);
+			tr_node_shutdown(node, 1);
+			tr_node_wait(node);
+			goto out;
+		}
+	}
+	if (pid_file != NULL && write_pid_file(pid_file) != 0) {
+		log_json(LOG_ERROR, "cannot write the pid file", "file", pid_file, "error",
+		         strerror(errno), (const char *)NULL);
+		tr_node_shutdown(node, 1);
+		tr_node_wait(node);
+		goto out;
+	}
+	{
+		const tr_config *c = tr_live_config(live);
+		log_json(LOG_INFO, "node started", "#threads", (unsigned long long)tr_node_threads(node),
+		         "#pid", (unsigned long long)getpid(), "#generation",
+		         (unsigned long long)tr_live_gen(live), "#actors",
+		         (unsigned long long)(c ? c->nactors : 0), "#pipelines",
+		         (unsigned long long)(c ? c->npipelines : 0), (const char *)NULL);
+	}
+
+	/* Control loop: signals, and every 100 ms a poll that retires the
+	 * generations a reload replaced once they have drained. */
+	for (;;) {
+		struct timespec tick = {0, 100 * 1000 * 1000};
+		int sig = sigtimedwait(&set, NULL, &tick);
+		if (sig < 0) {
+			tr_live_poll(live);
+			continue;
+		}
+		if (sig == SIGHUP) {
+			tr_diag_free(&d);
+			tr_diag_init(&d);
+			rc = tr_live_reload(live, &d);
+			if (rc == TR_OK) {
+				log_json(LOG_INFO, "reloaded", "#generation",
+				         (unsigned long long)tr_live_gen(live), (const char *)NULL);
+			} else {
+				log_diag(LOG_ERROR, "reload rejected", &d);
+				log_json(LOG_WARN, "still serving the previous version", "#generation",
+				         (unsigned long long)tr_live_gen(live), (const char *)NULL);
+			}
+			continue;
+		}
+		log_json(LOG_INFO, "stopping", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
+		         (const char *)NULL);
+		break;
+	}
+	tr_node_shutdown(node, 0);
+	code = tr_node_wait(node) == 0 ? 0 : 1;
+	if (pid_file != NULL)
+		unlink(pid_file);
+	log_json(LOG_INFO, "stopped", (const char *)NULL);
+out:
+	/* The deployment's specs are read by actors until the node stops:
+	 * free it only now. */
+	tr_live_free(live);
+	tr_node_free(node);
+	tr_config_free(cfg);
+	tr_diag_free(&d);
+	free(files);
+	return code;
+}
+
+/* ---- troupe reload ------------------------------------------------------- */
+
+static int cmd_reload(int argc, char **argv)
+{
+	unsigned long pid = 0;
+	const char *pid_file = NULL;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			fputs("usage: troupe reload (--pid PID | --pid-file F)\n"
+			      "  sends SIGHUP to a node started by `troupe run`; the node reloads its\n"
+			      "  files and logs \"reloaded\" or \"reload rejected\" with every error\n",
+			      stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--pid") == 0 && i + 1 < argc) {
+			if (parse_uint(argv[++i], 0x7fffffff, &pid) != 0 || pid < 2) {
+				fprintf(stderr, "troupe reload: --pid wants a process id, got '%s'\n", argv[i]);
+				return 2;
+			}
+		} else if (strcmp(argv[i], "--pid-file") == 0 && i + 1 < argc) {
+			pid_file = argv[++i];
+		} else {
+			fprintf(stderr, "troupe reload: unknown option or missing value '%s' (see troupe reload --help)\n",
+			        argv[i]);
+			return 2;
+		}
+	}
+	if (pid_file != NULL) {
+		char buf[32] = {0};
+		FILE *f = fopen(pid_file, "r");
+		if (f == NULL) {
+			fprintf(stderr, "troupe reload: cannot read %s: %s\n", pid_file, strerror(errno));
+			return 1;
+		}
+		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[n] = '\0';
+		buf[strcspn(buf, "\r\n")] = '\0';
+		if (parse_uint(buf, 0x7fffffff, &pid) != 0 || pid < 2) {
+			fprintf(stderr, "troupe reload: %s does not hold a process id\n", pid_file);
+			return 1;
+		}
+	}
+	if (pid == 0) {
+		fputs("troupe reload: name the node with --pid PID or --pid-file F\n", stderr);
+		return 2;
+	}
+	if (kill((pid_t)pid, SIGHUP) != 0) {
+		fprintf(stderr, "troupe reload: cannot signal process %lu: %s\n", pid, strerror(errno));
 		return 1;
 	}
-	char extra[64];
-	snprintf(extra, sizeof(extra), "\"threads\":%u", tr_node_threads(node));
-	log_json("info", "node started", extra);
-	int sig = 0;
-	sigwait(&set, &sig);
-	log_json("info", "stopping", NULL);
-	tr_node_shutdown(node, 0);
-	int code = tr_node_wait(node);
-	tr_node_free(node);
-	log_json("info", "stopped", NULL);
-	return code == 0 ? 0 : 1;
+	printf("reload requested (SIGHUP to %lu); the node logs the result\n", pid);
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -117,6 +374,18 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc - 2, argv + 2);
+	if (strcmp(cmd, "check") == 0) {
+		if (argc == 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+			fputs("usage: troupe check FILE...\n"
+			      "  validates pipeline files without starting anything: every problem is\n"
+			      "  printed on stderr as file:line: message; exit 0 valid, 1 invalid\n",
+			      stdout);
+			return 0;
+		}
+		return tr_check_main(argc - 1, argv + 1);
+	}
+	if (strcmp(cmd, "reload") == 0)
+		return cmd_reload(argc - 2, argv + 2);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("troupe %s\n", TROUPE_VERSION);
 		return 0;
