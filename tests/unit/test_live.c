@@ -205,8 +205,168 @@ TT_TEST(reload_under_load)
 	rmdir(dir);
 }
 
+/* ---- a pipeline file of Lua actors, end to end ---------------------- */
+
+/* One run at a time: KICK asks `one_pipe` with `one_in`; the answer's body
+ * and whether it was an error land in one_out / one_err. */
+static const char *one_pipe;
+static tr_buf one_in, one_out;
+static atomic_int one_done, one_err;
+static uv_mutex_t one_mu;
+
+static int one_msg(tr_ctx *ctx, probe *p, tr_msg *m)
+{
+	(void)p;
+	if (m->tag == KICK) {
+		tr_ref eng;
+		if (tr_whereis(tr_ctx_node(ctx), one_pipe, &eng) != TR_OK)
+			return TR_ENOTFOUND;
+		tr_msg *q = tr_msg_new();
+		q->tag = TR_TAG_RUN;
+		q->body = tr_body_new(one_in.data, one_in.len);
+		return tr_ask(ctx, eng, q, 0, NULL);
+	}
+	if (m->flags & TR_MSGF_REPLY) {
+		uv_mutex_lock(&one_mu);
+		one_out.len = 0;
+		if (m->body != NULL)
+			tr__buf_append(&one_out, m->body->data, m->body->len);
+		uv_mutex_unlock(&one_mu);
+		atomic_store(&one_err, (m->flags & TR_MSGF_ERROR) != 0);
+		atomic_fetch_add(&one_done, 1);
+	}
+	return TR_OK;
+}
+
+/* Runs {text = text} through `pipe` and waits for its one answer. */
+static int run_text(tr_node *n, tr_ref client, const char *pipe, const char *text)
+{
+	msgpack_packer pk;
+	int before = atomic_load(&one_done);
+	one_pipe = pipe;
+	one_in.len = 0;
+	tr__mp_packer(&pk, &one_in);
+	msgpack_pack_map(&pk, 1);
+	tr__mp_pack_cstr(&pk, "text");
+	tr__mp_pack_cstr(&pk, text);
+	if (tn_send(n, client, KICK, 0) != TR_OK)
+		return -1;
+	for (int i = 0; i < 500 && atomic_load(&one_done) == before; i++)
+		tn_sleep_ms(10);
+	return atomic_load(&one_done) - before;
+}
+
+/* The answer's value for k: 1 if it is string v (or true when v is NULL),
+ * 0 if absent or different. */
+static int out_is(const char *k, const char *v)
+{
+	const unsigned char *p;
+	const char *s;
+	size_t len, sn;
+	int ok;
+	uv_mutex_lock(&one_mu);
+	ok = tr__mp_map_get(one_out.data, one_out.len, k, &p, &len) == TR_OK;
+	if (ok)
+		ok = v == NULL ? (len == 1 && p[0] == 0xc3)
+		               : (tr__mp_str(p, len, &s, &sn) == TR_OK && sn == strlen(v) &&
+		                  memcmp(s, v, sn) == 0);
+	uv_mutex_unlock(&one_mu);
+	return ok;
+}
+
+static const char lua_file[] =
+	"actor \"classify\" { receive = function(msg, ctx)\n"
+	"  msg.intent = msg.text:find('book') and 'action' or 'question'\n"
+	"  return msg end }\n"
+	"actor \"act\" { receive = function(msg) msg.done = 'booked'; return msg end }\n"
+	"actor \"flaky\" { receive = function(msg, ctx)\n" /* a Lua error is a crash */
+	"  if ctx.attempt == 0 then error('first attempt fails') end\n"
+	"  msg.flaky_attempt = tostring(ctx.attempt); return msg end }\n"
+	"actor \"left\" { receive = function(msg) return { left = true } end }\n"
+	"actor \"right\" { receive = function(msg) return { right = true } end }\n"
+	"actor \"polish\" { receive = function(msg) msg.polished = true; return msg end }\n"
+	"actor \"broken\" { receive = function(msg) error('always') end }\n"
+	"supervisor \"root\" { strategy = \"one_for_one\", max_restarts = 20, within = \"10s\",\n"
+	"  children = { \"classify\", \"act\", \"flaky\", \"left\", \"right\", \"polish\", \"broken\" } }\n"
+	"pipeline \"qa\" { deadline = \"5s\",\n"
+	"  step \"classify\" { timeout = \"500ms\" },\n"
+	"  route \"intent\" {\n"
+	"    action = { step \"act\" { timeout = \"500ms\" } },\n"
+	"    default = {\n"
+	"      step \"flaky\" { timeout = \"500ms\", retries = 2, backoff = { base = \"1ms\", max = \"5ms\" } },\n"
+	"      parallel { { step \"left\" {} }, { step \"right\" {} }, join = \"all\" },\n"
+	"    },\n"
+	"  },\n"
+	"  step \"polish\" { when = function(msg) return msg.done == nil end },\n"
+	"}\n"
+	"pipeline \"fails\" { step \"broken\" { retries = 1, backoff = { base = \"1ms\" } } }\n";
+
+TT_TEST(lua_file_pipeline_end_to_end)
+{
+	tr_live *live;
+	tr_diag diag;
+	char path[128];
+	const char *files[1] = {path};
+	tr_ref client, r;
+	tr_actor_stats st;
+	static probe_cfg cc = {.id = 2, .on_msg = one_msg};
+
+	uv_mutex_init(&one_mu);
+	tr_buf_init(&one_in);
+	tr_buf_init(&one_out);
+	snprintf(dir, sizeof(dir), "/tmp/troupe-live-XXXXXX");
+	TT_ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/qa.lua", dir);
+	write_file("qa.lua", lua_file);
+
+	tr_node *n = tn_start(2);
+	TT_OK(tr_live_new(n, &live));
+	tr_diag_init(&diag);
+	int rc = tr_live_load(live, files, 1, &diag);
+	for (size_t i = 0; i < diag.n; i++)
+		fprintf(stderr, "  %s\n", diag.msgs[i]);
+	tr_diag_free(&diag);
+	TT_OK(rc);
+	TT_OK(tn_spawn(n, &cc, NULL, &client));
+
+	/* route -> action branch; the `when` predicate skips polish. */
+	TT_EQ(run_text(n, client, "pipeline:qa", "book a slot"), 1);
+	TT_EQ(atomic_load(&one_err), 0);
+	TT_ASSERT(out_is("intent", "action") && out_is("done", "booked"));
+	TT_ASSERT(!out_is("polished", NULL) && !out_is("flaky_attempt", "1"));
+
+	/* default branch: flaky crashes on attempt 0, is restarted by its
+	 * supervisor and succeeds on the retry; the parallel branches merge;
+	 * polish runs. */
+	TT_EQ(run_text(n, client, "pipeline:qa", "how do retries work?"), 1);
+	TT_EQ(atomic_load(&one_err), 0);
+	TT_ASSERT(out_is("intent", "question") && out_is("flaky_attempt", "1"));
+	TT_ASSERT(out_is("left", NULL) && out_is("right", NULL) && out_is("polished", NULL));
+	TT_ASSERT(!out_is("done", "booked"));
+	TT_OK(tr_whereis(n, "flaky@1", &r));
+	TT_OK(tr_actor_stats_get(n, r, &st));
+	TT_EQ(st.restarts, 1);
+
+	/* An actor that always errors: two crashes, then one structured error
+	 * naming the step, with both attempts counted. */
+	TT_EQ(run_text(n, client, "pipeline:fails", "x"), 1);
+	TT_EQ(atomic_load(&one_err), 1);
+	TT_ASSERT(out_is("code", "crashed") && out_is("step", "broken"));
+	TT_OK(tr_whereis(n, "broken@1", &r));
+	TT_OK(tr_actor_stats_get(n, r, &st));
+	TT_EQ(st.restarts, 2);
+
+	TT_EQ(tn_stop(n), 0);
+	tr_live_free(live);
+	tr_buf_free(&one_in);
+	tr_buf_free(&one_out);
+	unlink(path);
+	rmdir(dir);
+}
+
 TT_LIST = {
 	TT_ENTRY(reload_under_load),
+	TT_ENTRY(lua_file_pipeline_end_to_end),
 	TT_END,
 };
 

@@ -404,6 +404,81 @@ TT_TEST(retry_on_excludes_class)
 	TT_EQ(tn_stop(n), 0);
 }
 
+TT_TEST(backoff_exponential_without_jitter)
+{
+	reset();
+	tr_step steps[] = {call("f", 1000, 3)};
+	/* jitter = false: the plain exponential, capped: 40, 80, 100 ms. */
+	steps[0].u.call.backoff = (tr_backoff){40000, 100000, false};
+	pspec.steps = list(steps, 1);
+	atomic_store(&flaky_fails, 3);
+	spawn_def d[] = {{"f", &flaky_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 1, &c);
+	uint64_t t0 = tr_now_ns();
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	uint64_t ms = (tr_now_ns() - t0) / 1000000u;
+	TT_EQ(ok_answers(), 1);
+	TT_EQ(last_uint("f"), 3);
+	TT_LE(220, ms);
+	TT_EQ(tn_stop(n), 0);
+}
+
+TT_TEST(full_jitter_spreads_retries)
+{
+	/* With jitter a sleep is uniform in [0, min(max, base * 2^k)]; without
+	 * it, exactly that bound. 20 runs each fail once, then retry after a
+	 * 300 ms backoff: with full jitter the first retry lands long before
+	 * 300 ms (all 20 sleeping >= 250 ms has probability (1/6)^20), and
+	 * none sleeps longer than 300 ms. */
+	reset();
+	tr_step steps[] = {call("f", 1000, 1)};
+	steps[0].u.call.backoff = (tr_backoff){300000, 300000, true};
+	pspec.steps = list(steps, 1);
+	atomic_store(&flaky_fails, 20);
+	spawn_def d[] = {{"f", &flaky_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 1, &c);
+	uint64_t t0 = tr_now_ns();
+	TT_OK(tn_send(n, c, KICK, 20));
+	TT_EQ(wait_answers(1), 1);
+	uint64_t first_ms = (tr_now_ns() - t0) / 1000000u;
+	TT_EQ(wait_answers(20), 20);
+	uint64_t all_ms = (tr_now_ns() - t0) / 1000000u;
+	tr_pipe_stats ps;
+	TT_OK(tr_pipe_stats_get(n, "test", &ps));
+	TT_EQ(ps.retries, 20);
+	TT_EQ(ok_answers(), 20);
+	TT_LE(first_ms, 250);
+	TT_LE(all_ms, 3000); /* 300 ms + a loaded CI machine's slack */
+	TT_EQ(tn_stop(n), 0);
+}
+
+TT_TEST(no_retry_when_backoff_passes_deadline)
+{
+	reset();
+	tr_step steps[] = {call("f", 1000, 3)};
+	steps[0].u.call.backoff = (tr_backoff){500000, 500000, false};
+	pspec.steps = list(steps, 1);
+	pspec.deadline_us = 200000; /* the 500 ms backoff cannot fit */
+	atomic_store(&flaky_fails, 5);
+	spawn_def d[] = {{"f", &flaky_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 1, &c);
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	TT_EQ(ok_answers(), 0);
+	/* The run fails at once with the step's real error, not a later
+	 * deadline: one attempt, no retry started. */
+	TT_ASSERT(last_has("code", "error") && last_has("step", "f"));
+	TT_EQ(last_uint("attempts"), 1);
+	tr_pipe_stats ps;
+	TT_OK(tr_pipe_stats_get(n, "test", &ps));
+	TT_EQ(ps.retries, 0);
+	TT_EQ(tn_stop(n), 0);
+}
+
 TT_TEST(timeout_clipped_by_deadline)
 {
 	reset();
@@ -743,6 +818,9 @@ TT_LIST = {
 	TT_ENTRY(retries_then_success),
 	TT_ENTRY(retries_exhausted_structured_error),
 	TT_ENTRY(retry_on_excludes_class),
+	TT_ENTRY(backoff_exponential_without_jitter),
+	TT_ENTRY(full_jitter_spreads_retries),
+	TT_ENTRY(no_retry_when_backoff_passes_deadline),
 	TT_ENTRY(timeout_clipped_by_deadline),
 	TT_ENTRY(fallback_after_crashes),
 	TT_ENTRY(route_on_field),
