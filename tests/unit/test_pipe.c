@@ -442,7 +442,9 @@ TT_TEST(full_jitter_spreads_retries)
 	tr_node *n = start(d, 1, &c);
 	uint64_t t0 = tr_now_ns();
 	TT_OK(tn_send(n, c, KICK, 20));
-	TT_EQ(wait_answers(1), 1);
+	/* At least one: with 20 retries spread over 300 ms, two often land
+	 * within one 10 ms poll of wait_answers. */
+	TT_ASSERT(wait_answers(1) >= 1);
 	uint64_t first_ms = (tr_now_ns() - t0) / 1000000u;
 	TT_EQ(wait_answers(20), 20);
 	uint64_t all_ms = (tr_now_ns() - t0) / 1000000u;
