@@ -232,7 +232,7 @@ TT_TEST(parallel_and_when)
 	TT_ASSERT(in_root());
 	tr_config *c = load1("tests/lua/good/constructs.lua");
 	TT_ASSERT(c != NULL);
-	TT_EQ(c->nfns, 2);
+	TT_EQ(c->nfns, 3);
 	const tr_pipeline_spec *p = tr_config_pipeline(c, "fan");
 	TT_EQ(p->deadline_us, 60000000);
 	TT_EQ(p->steps.n, 5);
@@ -263,6 +263,48 @@ TT_TEST(parallel_and_when)
 	TT_STREQ(inner->u.route.field, "region");
 	TT_EQ(inner->u.route.dflt.n, 0);
 	TT_EQ(s->u.route.dflt.n, 1);
+
+	/* join = 2.0 is join = 2; a route's when is its predicate, not a branch */
+	p = tr_config_pipeline(c, "whole");
+	TT_ASSERT(p != NULL);
+	TT_EQ(p->steps.v[0].u.par.join, TR_JOIN_N);
+	TT_EQ(p->steps.v[0].u.par.join_n, 2);
+	s = &p->steps.v[1];
+	TT_EQ(s->kind, TR_STEP_ROUTE);
+	TT_EQ(s->when_fn, 2);
+	TT_EQ(s->u.route.nbranches, 1);
+	TT_STREQ(s->u.route.branches[0].value, "en");
+	tr_config_free(c);
+}
+
+/* Levels of step lists under (and including) l, following the first step
+ * of each list into its route default or first parallel branch. */
+static int nest_depth(const tr_step_list *l)
+{
+	if (l->n == 0)
+		return 1;
+	if (l->v[0].kind == TR_STEP_ROUTE)
+		return 1 + nest_depth(&l->v[0].u.route.dflt);
+	if (l->v[0].kind == TR_STEP_PARALLEL)
+		return 1 + nest_depth(&l->v[0].u.par.branches[0]);
+	return 1;
+}
+
+TT_TEST(limits_load)
+{
+	TT_ASSERT(in_root());
+	tr_config *c = load1("tests/lua/good/limits.lua");
+	TT_ASSERT(c != NULL);
+	/* nested exactly as deep as the loader (and the engine) allow; one
+	 * level more is tests/lua/bad/nested_too_deep.lua */
+	TT_EQ(nest_depth(&tr_config_pipeline(c, "deep")->steps), TR_STEP_NEST_MAX);
+	TT_EQ(nest_depth(&tr_config_pipeline(c, "deep_par")->steps), TR_STEP_NEST_MAX);
+	const tr_supervisor_spec *s = tr_config_sup(c, "tight");
+	TT_EQ(s->max_restarts, 0); /* kept: never restart, not "the default" */
+	TT_EQ(s->within_us, 1000);
+	s = tr_config_sup(c, "day");
+	TT_EQ(s->max_restarts, 2);
+	TT_EQ(s->within_us, 24ull * 3600 * 1000000);
 	tr_config_free(c);
 }
 
@@ -970,6 +1012,7 @@ TT_LIST = {
 	TT_ENTRY(assistant_loads),
 	TT_ENTRY(multi_file_namespace),
 	TT_ENTRY(parallel_and_when),
+	TT_ENTRY(limits_load),
 	TT_ENTRY(bad_files_diagnostics),
 	TT_ENTRY(check_main_exit_codes),
 	TT_ENTRY(load_alloc_failures_never_leak),

@@ -747,6 +747,49 @@ TT_TEST(bad_input_and_non_runs)
 	TT_EQ(tn_stop(n), 0);
 }
 
+/* A chain of `routes` routes, each holding the next in its default list
+ * and the last holding a call: the call is routes + 1 levels deep. */
+static void route_chain(tr_step *r, size_t routes, tr_step *leaf)
+{
+	memset(r, 0, routes * sizeof(*r));
+	for (size_t i = 0; i < routes; i++) {
+		r[i].kind = TR_STEP_ROUTE;
+		r[i].when_fn = -1;
+		r[i].u.route.field = "intent";
+		r[i].u.route.dflt = i + 1 < routes ? list(&r[i + 1], 1) : list(leaf, 1);
+	}
+	pspec.steps = list(r, 1);
+}
+
+/* The engine runs whatever the loader accepts: steps exactly
+ * TR_STEP_NEST_MAX levels deep run; one level more (which the loader
+ * refuses) is an "invalid" answer, never a crash. */
+TT_TEST(nesting_limit_matches_loader)
+{
+	static tr_step r[TR_STEP_NEST_MAX];
+	tr_step leaf = call("a", 1000, 0);
+	spawn_def d[] = {{"a", &echo_ops, 0, 0}};
+	tr_ref c;
+
+	reset();
+	route_chain(r, TR_STEP_NEST_MAX - 1, &leaf);
+	tr_node *n = start(d, 1, &c);
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	TT_EQ(ok_answers(), 1);
+	TT_ASSERT(last_has("a", NULL));
+	TT_EQ(tn_stop(n), 0);
+
+	reset();
+	route_chain(r, TR_STEP_NEST_MAX, &leaf);
+	n = start(d, 1, &c);
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	TT_EQ(ok_answers(), 0);
+	TT_ASSERT(last_has("code", "invalid"));
+	TT_EQ(tn_stop(n), 0);
+}
+
 TT_TEST(cache_hits_and_ttl)
 {
 	reset();
@@ -832,6 +875,7 @@ TT_LIST = {
 	TT_ENTRY(max_inflight_refuses_with_hint),
 	TT_ENTRY(backpressure_block_every_run_answered),
 	TT_ENTRY(bad_input_and_non_runs),
+	TT_ENTRY(nesting_limit_matches_loader),
 	TT_ENTRY(cache_hits_and_ttl),
 	TT_ENTRY(coalesce_identical_calls),
 	TT_END,

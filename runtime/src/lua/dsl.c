@@ -39,11 +39,11 @@
 #include "lua/lua_int.h"
 #include "msg/msg_int.h"
 #include "pipe/kinds.h"
+#include "pipe/spec.h"
 
 /* The key under which a descriptor keeps its kind ("step", ...). */
 static const char mark;
 
-#define MAX_NEST 16
 #define NAME_MAX_LEN 63
 
 /* ================================================================== */
@@ -106,7 +106,11 @@ static void number_fn(lua_State *L, int di, int oi, const char *k)
 }
 
 /* The second call of `actor "x" { ... }` and friends: upvalue 1 is the
- * descriptor; the options table is argument 1. */
+ * descriptor; the options table is argument 1. The descriptor keeps
+ * where this call is ("called_file", "called": its line) and, if the
+ * options come again
+ * (`local a = actor "x"; a {...}; a {...}`), where they came again first
+ * ("twice", "twice_file"); the first table is the one kept. */
 static int desc_body(lua_State *L)
 {
 	const char *what;
@@ -114,14 +118,20 @@ static int desc_body(lua_State *L)
 	lua_settop(L, 1);
 	lua_pushvalue(L, lua_upvalueindex(1)); /* 2: descriptor */
 	if (lua_getfield(L, 2, "called") != LUA_TNIL) {
-		lua_pushboolean(L, 1);
-		lua_setfield(L, 2, "twice");
+		if (lua_getfield(L, 2, "twice") == LUA_TNIL) {
+			lua_pushinteger(L, caller_line(L));
+			lua_setfield(L, 2, "twice");
+			lua_pushinteger(L, tr__lua_sb(L)->cur_file);
+			lua_setfield(L, 2, "twice_file");
+		}
 		lua_settop(L, 2);
 		return 1;
 	}
 	lua_pop(L, 1);
-	lua_pushboolean(L, 1);
+	lua_pushinteger(L, caller_line(L));
 	lua_setfield(L, 2, "called");
+	lua_pushinteger(L, tr__lua_sb(L)->cur_file);
+	lua_setfield(L, 2, "called_file");
 	lua_pushvalue(L, 1);
 	lua_setfield(L, 2, "opts");
 	lua_rawgetp(L, 2, &mark);
@@ -156,8 +166,10 @@ static int desc_direct(lua_State *L)
 	new_desc(L, what);
 	lua_pushvalue(L, 1);
 	lua_setfield(L, -2, "opts");
-	lua_pushboolean(L, 1);
+	lua_getfield(L, -1, "line");
 	lua_setfield(L, -2, "called");
+	lua_getfield(L, -1, "file");
+	lua_setfield(L, -2, "called_file");
 	if (strcmp(what, "node") == 0) {
 		declare(L);
 		return 0;
@@ -386,6 +398,22 @@ static where wof(lua_State *L, int t)
 	return (where){dint(L, t, "file"), dint(L, t, "line")};
 }
 
+/* Reports options given twice to descriptor d (`who` names it), at the
+ * second table, pointing back at the first. */
+static void check_twice(vctx *v, int d, const char *who)
+{
+	lua_State *L = v->L;
+	where again;
+	int ty = rget(L, d, "twice");
+
+	lua_pop(L, 1);
+	if (ty == LUA_TNIL)
+		return;
+	again = (where){dint(L, d, "twice_file"), dint(L, d, "twice")};
+	diag(v, again, "%s: options given twice (first at %s:%d)", who,
+	     file_of(v, dint(L, d, "called_file")), dint(L, d, "called"));
+}
+
 /* The kind of the descriptor at idx, or NULL if it is not one. */
 static const char *desc_kind(lua_State *L, int idx)
 {
@@ -423,6 +451,26 @@ static void subwho(fctx *d, const fctx *s, const char *fmt, ...)
 
 /* ---- scalar options ------------------------------------------------- */
 
+/* Whether the number at idx is an integer or a whole float (2.0): every
+ * integer option takes both. */
+static int whole(lua_State *L, int idx)
+{
+	lua_Number d;
+
+	if (lua_isinteger(L, idx))
+		return 1;
+	d = lua_tonumber(L, idx);
+	return d == floor(d) && fabs(d) < 1e15;
+}
+
+/* The value of a number that whole() accepted. */
+static lua_Integer whole_value(lua_State *L, int idx)
+{
+	if (lua_isinteger(L, idx))
+		return lua_tointeger(L, idx);
+	return (lua_Integer)lua_tonumber(L, idx);
+}
+
 static int want_uint(fctx *f, int t, const char *k, uint32_t min, uint32_t max, uint32_t *out)
 {
 	lua_State *L = f->v->L;
@@ -435,17 +483,9 @@ static int want_uint(fctx *f, int t, const char *k, uint32_t min, uint32_t max, 
 		lua_pop(L, 1);
 		return 0;
 	}
-	if (ty == LUA_TNUMBER) {
-		if (lua_isinteger(L, -1)) {
-			i = lua_tointeger(L, -1);
-			ok = 1;
-		} else {
-			lua_Number d = lua_tonumber(L, -1);
-			if (d == floor(d) && fabs(d) < 1e15) {
-				i = (lua_Integer)d;
-				ok = 1;
-			}
-		}
+	if (ty == LUA_TNUMBER && whole(L, -1)) {
+		i = whole_value(L, -1);
+		ok = 1;
 	}
 	if (!ok || i < (lua_Integer)min) {
 		diag(f->v, f->w, "%s: %s: expected a %s integer, got %s", f->who, k,
@@ -842,13 +882,16 @@ static int buf_write(void *data, const char *p, size_t n)
 }
 
 /* Encodes the keys of o that are not in known[] as a msgpack map into
- * a->config, sorted by key (stable bytes for the same file). */
+ * a->config, sorted by key (stable bytes for the same file). A key within
+ * the suggestion distance of one of near[] ("mailbx") is reported as a
+ * typo rather than passed on: the kind would never read it, and the
+ * setting the user meant would silently keep its default. */
 static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
-                        tr_actor_spec *a)
+                        const char *const *near, size_t nnear, tr_actor_spec *a)
 {
 	vctx *v = f->v;
 	lua_State *L = v->L;
-	size_t base = v->nnames, n;
+	size_t base = v->nnames, n, keep;
 	msgpack_packer pk;
 	int bad = 0;
 
@@ -867,10 +910,20 @@ static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
 			bad_key(f, -1);
 		}
 	}
+	sort_names(v, base);
+	keep = base;
+	for (size_t i = base; i < v->nnames; i++) {
+		const char *sg = suggest(v->names[i], near, nnear);
+		if (sg != NULL)
+			diag(v, f->w, "%s: unknown key '%s' (did you mean '%s'?)", f->who, v->names[i],
+			     sg);
+		else
+			v->names[keep++] = v->names[i];
+	}
+	v->nnames = keep;
 	n = v->nnames - base;
 	if (n == 0)
-		return;
-	sort_names(v, base);
+		goto out;
 	v->scratch.len = 0;
 	msgpack_packer_init(&pk, &v->scratch, buf_write);
 	if (msgpack_pack_map(&pk, n)) {
@@ -936,6 +989,10 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 	/* receive is reported on its own for kind actors, not passed on */
 	static const char *const kind_keys[] = {"name", "kind", "receive", "mailbox",
 	                                        "overflow", "instances", "batch"};
+	/* keys that look like a misspelled one of these are not passed on
+	 * ("name" is left out: short kind settings such as "mode" are near it) */
+	static const char *const common_keys[] = {"kind", "receive", "mailbox", "overflow",
+	                                          "instances", "batch"};
 	lua_State *L = v->L;
 	fctx f = {v, w, ""};
 	char b[64];
@@ -945,8 +1002,7 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 	a->instances = 1;
 	a->pos = srcpos(v, w);
 	snprintf(f.who, sizeof(f.who), "actor '%s'", name);
-	if (dint(L, d, "twice"))
-		diag(v, w, "%s: options given twice", f.who);
+	check_twice(v, d, f.who);
 	rget(L, d, "opts");
 	o = lua_gettop(L);
 	if (lua_type(L, o) != LUA_TTABLE) {
@@ -990,7 +1046,7 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 			diag(v, w, "%s: receive: a kind actor has no receive function (drop kind = "
 			     "... for a Lua actor)", f.who);
 		lua_pop(L, 1);
-		kind_config(&f, o, kind_keys, 7, a);
+		kind_config(&f, o, kind_keys, 7, common_keys, 6, a);
 	}
 	want_uint(&f, o, "mailbox", 1, 1u << 24, &a->mailbox);
 	if (want_enum(&f, o, "overflow", overflow_names, 4, &ov))
@@ -1001,6 +1057,29 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 }
 
 /* ---- supervisors -------------------------------------------------------- */
+
+#define WITHIN_MIN_US 1000ull                 /* 1 ms */
+#define WITHIN_MAX_US (24ull * 3600000000ull) /* 24 h */
+
+/* A supervisor's `within`: a duration from 1 ms to 24 h. The supervisor
+ * counts restarts in whole milliseconds, and a window past a day no
+ * longer describes a burst of crashes. */
+static void want_window(fctx *f, int o, uint64_t *out)
+{
+	lua_State *L = f->v->L;
+	uint64_t us = 0;
+
+	if (!want_dur(f, o, "within", &us) || us == 0)
+		return; /* absent, or reported */
+	if (us >= WITHIN_MIN_US && us <= WITHIN_MAX_US) {
+		*out = us;
+		return;
+	}
+	rget(L, o, "within");
+	diag(f->v, f->w, "%s: within: must be between 1ms and 24h, got '%s'", f->who,
+	     lua_tostring(L, -1));
+	lua_pop(L, 1);
+}
 
 static void build_sup(vctx *v, int d, where w, const char *name, tr_supervisor_spec *s)
 {
@@ -1015,8 +1094,7 @@ static void build_sup(vctx *v, int d, where w, const char *name, tr_supervisor_s
 	s->max_restarts = 3;
 	s->within_us = 5000000;
 	snprintf(f.who, sizeof(f.who), "supervisor '%s'", name);
-	if (dint(L, d, "twice"))
-		diag(v, w, "%s: options given twice", f.who);
+	check_twice(v, d, f.who);
 	rget(L, d, "opts");
 	o = lua_gettop(L);
 	if (lua_type(L, o) != LUA_TTABLE) {
@@ -1029,7 +1107,7 @@ static void build_sup(vctx *v, int d, where w, const char *name, tr_supervisor_s
 	if (want_enum(&f, o, "strategy", strategy_names, 3, &st))
 		s->strategy = (uint8_t)st;
 	want_uint(&f, o, "max_restarts", 0, 1000000, &s->max_restarts);
-	want_dur(&f, o, "within", &s->within_us);
+	want_window(&f, o, &s->within_us);
 	ty = rget(L, o, "children");
 	if (ty == LUA_TNIL) {
 		diag(v, w, "%s: missing children = { \"actor\", ... }", f.who);
@@ -1081,7 +1159,7 @@ static void build_retry_on(fctx *f, int o, uint32_t *mask)
 		goto out;
 	if (ty != LUA_TTABLE && ty != LUA_TSTRING) {
 		diag(f->v, f->w, "%s: retry_on: expected a list of error classes (timeout, error, "
-		     "overload, crashed), got %s", f->who, got(L, t, b, sizeof(b)));
+		     "overload, rejected, crashed), got %s", f->who, got(L, t, b, sizeof(b)));
 		goto out;
 	}
 	if (ty == LUA_TTABLE) {
@@ -1204,8 +1282,9 @@ out:
 	lua_pop(L, 1);
 }
 
-/* The `when` of a step, route or parallel: the number given by the DSL. */
-static void build_when(fctx *f, int d, int o, int *when_fn, int route)
+/* The `when` of a step, route or parallel: the number given by the DSL.
+ * On a route too `when` is always the predicate, never a branch. */
+static void build_when(fctx *f, int d, int o, int *when_fn)
 {
 	lua_State *L = f->v->L;
 	char b[64];
@@ -1213,7 +1292,7 @@ static void build_when(fctx *f, int d, int o, int *when_fn, int route)
 
 	if (ty == LUA_TFUNCTION)
 		*when_fn = dint(L, d, "fn");
-	else if (ty != LUA_TNIL && !route)
+	else if (ty != LUA_TNIL)
 		diag(f->v, f->w, "%s: when: expected a function(msg) returning true or false, got %s",
 		     f->who, got(L, -1, b, sizeof(b)));
 	lua_pop(L, 1);
@@ -1244,7 +1323,7 @@ static void build_call(vctx *v, int d, int o, tr_step *s, fctx *f)
 		check_actor_ref(f, "fallback", s->u.call.fallback);
 	build_cache(f, o, &s->u.call.cache);
 	want_bool(f, o, "coalesce", &s->u.call.coalesce);
-	build_when(f, d, o, &s->when_fn, 0);
+	build_when(f, d, o, &s->when_fn);
 }
 
 static void build_route(vctx *v, int d, int o, tr_step *s, fctx *f, int depth)
@@ -1257,16 +1336,15 @@ static void build_route(vctx *v, int d, int o, tr_step *s, fctx *f, int depth)
 	rget(L, d, "name");
 	s->u.route.field = dup(v, lua_tostring(L, -1));
 	lua_pop(L, 1);
-	build_when(f, d, o, &s->when_fn, 1);
-	/* branches: every string key but default (and a `when` function) */
+	build_when(f, d, o, &s->when_fn);
+	/* branches: every string key but default and when */
 	lua_pushnil(L);
 	while (lua_next(L, o)) {
 		if (lua_type(L, -2) != LUA_TSTRING) {
 			diag(v, f->w, "%s: branch keys must be field values (strings), got %s %s", f->who,
 			     luaL_typename(L, -2), got(L, -2, b, sizeof(b)));
 		} else if (strcmp(lua_tostring(L, -2), "default") != 0 &&
-		           !(strcmp(lua_tostring(L, -2), "when") == 0 &&
-		             lua_type(L, -1) == LUA_TFUNCTION)) {
+		           strcmp(lua_tostring(L, -2), "when") != 0) {
 			names_push(v, lua_tostring(L, -2));
 		}
 		lua_pop(L, 1);
@@ -1314,7 +1392,7 @@ static void build_parallel(vctx *v, int d, int o, tr_step *s, fctx *f, int depth
 
 	check_keys(f, o, keys, 2, 1, NULL);
 	check_holes(f, o, n);
-	build_when(f, d, o, &s->when_fn, 0);
+	build_when(f, d, o, &s->when_fn);
 	if (n == 0) {
 		diag(v, f->w, "%s has no branches: parallel { {step ...}, {step ...}, join = ... }",
 		     f->who);
@@ -1336,8 +1414,8 @@ static void build_parallel(vctx *v, int d, int o, tr_step *s, fctx *f, int depth
 		s->u.par.join = TR_JOIN_ALL;
 	} else if (ty == LUA_TSTRING && strcmp(lua_tostring(L, -1), "first") == 0) {
 		s->u.par.join = TR_JOIN_FIRST;
-	} else if (ty == LUA_TNUMBER && lua_isinteger(L, -1)) {
-		lua_Integer j = lua_tointeger(L, -1);
+	} else if (ty == LUA_TNUMBER && whole(L, -1)) {
+		lua_Integer j = whole_value(L, -1);
 		if (n > 0 && (j < 1 || (size_t)j > n))
 			diag(v, f->w, "%s: join = %lld is out of range (1..%zu, the number of branches)",
 			     f->who, (long long)j, n);
@@ -1377,9 +1455,9 @@ static void build_step(vctx *v, int idx, tr_step *s, fctx *outer, size_t i, int 
 		return;
 	}
 	f.w = wof(L, idx);
-	if (depth > MAX_NEST) {
+	if (depth > TR_STEP_NEST_MAX) {
 		diag(v, f.w, "%s: steps nested deeper than %d (or a table that contains itself)",
-		     outer->who, MAX_NEST);
+		     outer->who, TR_STEP_NEST_MAX);
 		return;
 	}
 	ty = rget(L, idx, "name");
@@ -1395,8 +1473,7 @@ static void build_step(vctx *v, int idx, tr_step *s, fctx *outer, size_t i, int 
 		snprintf(f.who, sizeof(f.who), "%s '%s'", k, lua_tostring(L, -1));
 	}
 	lua_pop(L, 1);
-	if (dint(L, idx, "twice"))
-		diag(v, f.w, "%s: options given twice", f.who);
+	check_twice(v, idx, f.who);
 	rget(L, idx, "opts");
 	o = lua_gettop(L);
 	if (lua_type(L, o) != LUA_TTABLE) {
@@ -1443,9 +1520,9 @@ static void build_list(vctx *v, int t, tr_step_list *out, fctx *f, int depth)
 		     got(L, t, b, sizeof(b)));
 		return;
 	}
-	if (depth > MAX_NEST) {
+	if (depth > TR_STEP_NEST_MAX) {
 		diag(v, f->w, "%s: steps nested deeper than %d (or a table that contains itself)",
-		     f->who, MAX_NEST);
+		     f->who, TR_STEP_NEST_MAX);
 		return;
 	}
 	n = seq_count(L, t);
@@ -1481,8 +1558,7 @@ static void build_pipeline(vctx *v, int d, where w, tr_pipeline_spec *p)
 	p->deadline_us = 30000000;
 	p->max_inflight = 1000;
 	snprintf(f.who, sizeof(f.who), "pipeline '%s'", p->name);
-	if (dint(L, d, "twice"))
-		diag(v, w, "%s: options given twice", f.who);
+	check_twice(v, d, f.who);
 	rget(L, d, "opts");
 	o = lua_gettop(L);
 	if (lua_type(L, o) != LUA_TTABLE) {

@@ -41,6 +41,19 @@ static char *keep_name(tr_deploy *d, const char *fmt, const char *a, unsigned i)
 	return s;
 }
 
+/* A supervisor window in whole milliseconds for tr_sup_spec: rounded up
+ * and at least 1 ms, because tr_sup treats max_restarts = 0 together with
+ * within_ms = 0 as "use the defaults" and max_restarts = 0 must keep
+ * meaning "never restart". Capped at UINT32_MAX ms (~49 days); the loader
+ * already limits within to 24 h. */
+static uint32_t window_ms(uint64_t within_us)
+{
+	uint64_t ms = within_us / 1000u + (within_us % 1000u != 0);
+	if (ms == 0)
+		return 1;
+	return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
 /* Appends the child specs of actor `a` (one per instance). */
 static int add_actor(tr_deploy *d, const tr_config *c, size_t ai, tr_child_spec *out,
                      uint32_t *n, char *err, size_t errlen)
@@ -167,7 +180,7 @@ int tr_deploy_start(tr_node *node, const tr_config *c, unsigned gen,
 		}
 		d->sups[i] = (tr_sup_spec){.strategy = s->strategy,
 		                           .max_restarts = s->max_restarts,
-		                           .within_ms = (uint32_t)(s->within_us / 1000u),
+		                           .within_ms = window_ms(s->within_us),
 		                           .children = d->kids[i],
 		                           .nchildren = n};
 	}

@@ -41,6 +41,13 @@ typedef enum tr_step_kind {
 	TR_STEP_PARALLEL  /* parallel { {...}, {...}, join = ... } */
 } tr_step_kind;
 
+/* Deepest nesting of step lists: the pipeline's own list is level 1, and
+ * each route branch (or default) and each parallel branch is one level
+ * below the list that holds it. The loader rejects anything deeper, so a
+ * loaded config never needs more than this many frames in the engine
+ * (which sizes its per-run stack of step lists by it). */
+#define TR_STEP_NEST_MAX 32
+
 typedef struct tr_step tr_step;
 
 typedef struct tr_step_list {
@@ -137,8 +144,8 @@ typedef struct tr_supervisor_spec {
 	char *name;
 	tr_srcpos pos;
 	uint8_t strategy;       /* tr_sup_strategy */
-	uint32_t max_restarts;  /* default 3 */
-	uint64_t within_us;     /* default 5 s */
+	uint32_t max_restarts;  /* default 3; 0 = never restart (give up and escalate) */
+	uint64_t within_us;     /* default 5 s; the loader keeps it in 1 ms .. 24 h */
 	char **children;        /* actor or supervisor names, in start order */
 	size_t nchildren;
 } tr_supervisor_spec;

@@ -23,3 +23,9 @@ pipeline "fan" {
     default = { step "c" {} },
   },
 }
+
+-- a whole float is an integer for join too; a route's when is its predicate
+pipeline "whole" {
+  parallel { { step "a" {} }, { step "b" {} }, join = 2.0 },
+  route "lang" { when = function(msg) return msg.lang ~= nil end, en = step "a" {}, default = {} },
+}
