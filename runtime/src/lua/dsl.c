@@ -1,7 +1,7 @@
 /*
  * lua/dsl.c -- the pipeline DSL (node, actor, supervisor, pipeline, step,
- * route, parallel), the loader that turns files into a tr_config, and its
- * diagnostics.
+ * route, parallel, tenant), the loader that turns files into a tr_config,
+ * and its diagnostics.
  *
  * Two phases, so that every problem is reported, not only the first:
  *
@@ -141,7 +141,8 @@ static int desc_body(lua_State *L)
 	return 1;
 }
 
-/* actor "x", supervisor "x", pipeline "x", step "x", route "field":
+/* actor "x", supervisor "x", pipeline "x", step "x", route "field",
+ * tenant "x":
  * upvalue 1 is the kind; returns the function that takes the options. */
 static int desc_named(lua_State *L)
 {
@@ -180,7 +181,8 @@ static int desc_direct(lua_State *L)
 
 void tr__lua_dsl_open(lua_State *L)
 {
-	static const char *const named[] = {"actor", "supervisor", "pipeline", "step", "route"};
+	static const char *const named[] = {"actor", "supervisor", "pipeline", "step", "route",
+	                                    "tenant"};
 	static const char *const direct[] = {"node", "parallel"};
 
 	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
@@ -568,6 +570,125 @@ static int want_dur(fctx *f, int t, const char *k, uint64_t *out)
 	return 1;
 }
 
+/* want_dur kept within [min, max] µs; `lo` and `hi` name the bounds in
+ * the message ("1ms", "24h"). */
+static int want_dur_in(fctx *f, int t, const char *k, uint64_t min, uint64_t max,
+                       const char *lo, const char *hi, uint64_t *out)
+{
+	lua_State *L = f->v->L;
+	uint64_t us = 0;
+
+	if (!want_dur(f, t, k, &us))
+		return 0;
+	if (us == 0)
+		return 1; /* reported */
+	if (us >= min && us <= max) {
+		*out = us;
+		return 1;
+	}
+	rget(L, t, k);
+	diag(f->v, f->w, "%s: %s: must be between %s and %s, got '%s'", f->who, k, lo, hi,
+	     lua_tostring(L, -1));
+	lua_pop(L, 1);
+	return 1;
+}
+
+#define SIZE_HINT "a number of bytes, or units B, KiB, MiB, GiB: \"512B\", \"64KiB\", \"1MiB\""
+
+/*
+ * Parses a size: a whole number and one binary unit, no space ("512B",
+ * "64KiB", "1MiB", "2GiB"), into bytes (saturating at UINT64_MAX). 0 on
+ * success. -1 when bad; then *alt is the unit the text probably meant when
+ * its unit reads like one in another spelling ("64KB", "64k", "64kib":
+ * "KiB"), else NULL. Decimal units are not taken: "KB" is 1000 bytes to
+ * some and 1024 to others.
+ */
+static int parse_size(const char *s, uint64_t *out, const char **alt)
+{
+	static const struct {
+		const char *u;
+		unsigned shift;
+		const char *like[3]; /* lower-case spellings that mean it */
+	} units[] = {{"B", 0, {"b", NULL, NULL}},
+	             {"KiB", 10, {"k", "kb", "kib"}},
+	             {"MiB", 20, {"m", "mb", "mib"}},
+	             {"GiB", 30, {"g", "gb", "gib"}}};
+	uint64_t v = 0;
+	const char *p = s;
+	char low[4];
+	size_t nu;
+
+	*alt = NULL;
+	while (*p >= '0' && *p <= '9') {
+		unsigned dg = (unsigned)(*p++ - '0');
+		v = v > (UINT64_MAX - dg) / 10 ? UINT64_MAX : v * 10 + dg;
+	}
+	if (p == s)
+		return -1;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(p, units[i].u) == 0) {
+			*out = v > (UINT64_MAX >> units[i].shift) ? UINT64_MAX : v << units[i].shift;
+			return 0;
+		}
+	}
+	nu = strlen(p);
+	if (nu == 0 || nu >= sizeof(low))
+		return -1;
+	for (size_t i = 0; i <= nu; i++)
+		low[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] - 'A' + 'a' : p[i]);
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		for (size_t j = 0; j < 3; j++)
+			if (units[i].like[j] != NULL && strcmp(low, units[i].like[j]) == 0)
+				*alt = units[i].u;
+	return -1;
+}
+
+/* A size option (see parse_size; a plain whole number is bytes) within
+ * [min, max] bytes; `lo` and `hi` name the bounds in the message. */
+static int want_size(fctx *f, int t, const char *k, uint64_t min, uint64_t max, const char *lo,
+                     const char *hi, uint64_t *out)
+{
+	lua_State *L = f->v->L;
+	char b[64];
+	const char *alt = NULL, *s;
+	uint64_t n = 0;
+	int ty = rget(L, t, k);
+
+	if (ty == LUA_TNIL) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	if (ty == LUA_TNUMBER && whole(L, -1) && whole_value(L, -1) >= 0) {
+		n = (uint64_t)whole_value(L, -1);
+	} else if (ty != LUA_TSTRING) {
+		diag(f->v, f->w, "%s: %s: expected a size (%s), got %s", f->who, k, SIZE_HINT,
+		     got(L, -1, b, sizeof(b)));
+		goto out;
+	} else if (parse_size((s = lua_tostring(L, -1)), &n, &alt) != 0 ||
+	           strlen(s) != lua_rawlen(L, -1)) {
+		if (alt != NULL)
+			diag(f->v, f->w, "%s: %s: bad size '%s' (did you mean '%.*s%s'? sizes take "
+			     "binary units B, KiB, MiB, GiB: 1KiB = 1024 bytes)", f->who, k, s,
+			     (int)strspn(s, "0123456789"), s, alt);
+		else
+			diag(f->v, f->w, "%s: %s: bad size '%s' (%s)", f->who, k, s, SIZE_HINT);
+		goto out;
+	}
+	if (n < min || n > max) {
+		if (ty == LUA_TSTRING)
+			diag(f->v, f->w, "%s: %s: must be between %s and %s, got '%s'", f->who, k, lo, hi,
+			     lua_tostring(L, -1));
+		else
+			diag(f->v, f->w, "%s: %s: must be between %s and %s, got %s", f->who, k, lo, hi,
+			     got(L, -1, b, sizeof(b)));
+		goto out;
+	}
+	*out = n;
+out:
+	lua_pop(L, 1);
+	return 1;
+}
+
 static int want_bool(fctx *f, int t, const char *k, bool *out)
 {
 	lua_State *L = f->v->L;
@@ -832,9 +953,21 @@ static void check_actor_ref(fctx *f, const char *k, const char *name)
 
 /* ---- node ------------------------------------------------------------- */
 
+/* Bounds of the HTTP door's limits (http/door.h). Bodies and headers are
+ * held in memory whole; the door's timers count whole milliseconds. */
+#define BODY_MAX (1ull << 30)             /* 1 GiB */
+#define HEADER_MIN (1ull << 10)           /* 1 KiB: a request line and a few headers */
+#define HEADER_MAX (1ull << 20)           /* 1 MiB */
+#define CONNS_MAX 1000000u
+#define MS_US 1000ull
+#define HOUR_US 3600000000ull
+
 static void build_node(vctx *v, int d, where w, int *seen, where *first)
 {
-	static const char *const keys[] = {"name", "http", "threads"};
+	static const char *const keys[] = {"name", "http", "threads", "max_body", "max_header",
+	                                   "max_connections", "header_timeout", "idle_timeout",
+	                                   "grace"};
+	uint64_t hdr = 0;
 	lua_State *L = v->L;
 	tr_node_spec *n = &v->c->node;
 	fctx f = {v, w, "node"};
@@ -857,7 +990,7 @@ static void build_node(vctx *v, int d, where w, int *seen, where *first)
 		lua_pop(L, 1);
 		return;
 	}
-	check_keys(&f, o, keys, 3, 0, NULL);
+	check_keys(&f, o, keys, sizeof(keys) / sizeof(keys[0]), 0, NULL);
 	want_str(&f, o, "name", &n->name);
 	if (want_str(&f, o, "http", &n->http) && n->http != NULL) {
 		const char *c = strrchr(n->http, ':');
@@ -868,6 +1001,13 @@ static void build_node(vctx *v, int d, where w, int *seen, where *first)
 			diag(v, w, "node: http: expected \"host:port\", got '%s'", n->http);
 	}
 	want_uint(&f, o, "threads", 0, 1024, &n->threads);
+	want_size(&f, o, "max_body", 1, BODY_MAX, "1B", "1GiB", &n->max_body);
+	if (want_size(&f, o, "max_header", HEADER_MIN, HEADER_MAX, "1KiB", "1MiB", &hdr))
+		n->max_header = (uint32_t)hdr;
+	want_uint(&f, o, "max_connections", 1, CONNS_MAX, &n->max_connections);
+	want_dur_in(&f, o, "header_timeout", MS_US, HOUR_US, "1ms", "1h", &n->header_timeout_us);
+	want_dur_in(&f, o, "idle_timeout", MS_US, 24 * HOUR_US, "1ms", "24h", &n->idle_timeout_us);
+	want_dur_in(&f, o, "grace", MS_US, HOUR_US, "1ms", "1h", &n->grace_us);
 	lua_pop(L, 1);
 }
 
@@ -1066,19 +1206,7 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
  * longer describes a burst of crashes. */
 static void want_window(fctx *f, int o, uint64_t *out)
 {
-	lua_State *L = f->v->L;
-	uint64_t us = 0;
-
-	if (!want_dur(f, o, "within", &us) || us == 0)
-		return; /* absent, or reported */
-	if (us >= WITHIN_MIN_US && us <= WITHIN_MAX_US) {
-		*out = us;
-		return;
-	}
-	rget(L, o, "within");
-	diag(f->v, f->w, "%s: within: must be between 1ms and 24h, got '%s'", f->who,
-	     lua_tostring(L, -1));
-	lua_pop(L, 1);
+	want_dur_in(f, o, "within", WITHIN_MIN_US, WITHIN_MAX_US, "1ms", "24h", out);
 }
 
 static void build_sup(vctx *v, int d, where w, const char *name, tr_supervisor_spec *s)
@@ -1138,6 +1266,260 @@ static void build_sup(vctx *v, int d, where w, const char *name, tr_supervisor_s
 		}
 	}
 	lua_pop(L, 2);
+}
+
+/* ---- tenants ------------------------------------------------------------- */
+
+/*
+ * tenant "acme" { keys = { sha256 = "<hex>" } or { { sha256 = ... }, ... },
+ * rate = "50/s", burst = 100 }. A key is only ever its SHA-256: the config
+ * is read by people and tools that must not learn the keys, so anything
+ * that looks like a raw key is refused with a hint, and no diagnostic
+ * quotes what was given as a key.
+ */
+#define KEY_FORM "{ sha256 = \"<64 hex digits>\" }"
+#define RAW_KEY_HINT "raw keys are never accepted: put the key's SHA-256, e.g. " \
+	"printf %s KEY | sha256sum"
+#define RATE_HINT "a number per s, m or h: \"50/s\", \"100/m\", \"0.5/s\""
+#define RATE_MAX 1e6        /* requests per second */
+#define BURST_MAX 1000000u
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* One key entry (KEY_FORM) at idx, appended to tenant ti's keys (room for
+ * it is there); f names the entry ("tenant 'a': keys: element 2"). */
+static void key_entry(fctx *f, int idx, size_t ti)
+{
+	static const char *const keys[] = {"sha256"};
+	vctx *v = f->v;
+	lua_State *L = v->L;
+	tr_tenant_spec *t = &v->c->tenants[ti];
+	unsigned char h[32];
+	char b[64];
+	size_t n0 = v->d->n, len;
+	const char *s;
+	int ty;
+
+	if (lua_type(L, idx) != LUA_TTABLE) {
+		int str = lua_type(L, idx) == LUA_TSTRING;
+		diag(v, f->w, "%s: expected %s, got %s%s%s%s", f->who, KEY_FORM, got(L, idx, b, sizeof(b)),
+		     str ? " (" : "", str ? RAW_KEY_HINT : "", str ? ")" : "");
+		return;
+	}
+	check_keys(f, idx, keys, 1, 0, " (a key is " KEY_FORM "; " RAW_KEY_HINT ")");
+	ty = rget(L, idx, "sha256");
+	if (ty == LUA_TNIL) {
+		if (v->d->n == n0) /* else its unknown keys said enough */
+			diag(v, f->w, "%s: missing sha256 = \"<64 hex digits>\"", f->who);
+		goto out;
+	}
+	if (ty != LUA_TSTRING) {
+		diag(v, f->w, "%s: sha256: expected 64 hex digits, got %s", f->who,
+		     got(L, -1, b, sizeof(b)));
+		goto out;
+	}
+	s = lua_tostring(L, -1);
+	len = lua_rawlen(L, -1);
+	if (len != 64) {
+		diag(v, f->w, "%s: sha256: expected 64 hex digits, got %zu character%s (%s)", f->who,
+		     len, len == 1 ? "" : "s", RAW_KEY_HINT);
+		goto out;
+	}
+	for (size_t i = 0; i < 64; i++) {
+		int hi = hexval(s[i]);
+		if (hi < 0) {
+			diag(v, f->w, "%s: sha256: character %zu is not a hex digit (0-9, a-f)", f->who,
+			     i + 1);
+			goto out;
+		}
+		if (i % 2 == 0)
+			h[i / 2] = (unsigned char)(hi << 4);
+		else
+			h[i / 2] |= (unsigned char)hi;
+	}
+	for (size_t k = 0; k < t->nkeys; k++) {
+		if (memcmp(t->keys[k], h, 32) == 0) {
+			diag(v, f->w, "%s: the same key is listed twice", f->who);
+			goto out;
+		}
+	}
+	/* A key names one tenant: a request that presents it must not have
+	 * two answers. Linear: configs hold tens of keys, not millions. */
+	for (size_t o = 0; o < ti; o++) {
+		const tr_tenant_spec *ot = &v->c->tenants[o];
+		for (size_t k = 0; k < ot->nkeys; k++) {
+			if (memcmp(ot->keys[k], h, 32) == 0) {
+				diag(v, f->w, "%s: already a key of tenant '%s' (%s:%d); a key must "
+				     "belong to one tenant", f->who, ot->name, ot->pos.file, ot->pos.line);
+				goto out;
+			}
+		}
+	}
+	memcpy(t->keys[t->nkeys++], h, 32);
+out:
+	lua_pop(L, 1);
+}
+
+static void build_keys(fctx *f, int o, size_t ti)
+{
+	vctx *v = f->v;
+	lua_State *L = v->L;
+	tr_tenant_spec *t = &v->c->tenants[ti];
+	char b[64];
+	int ty = rget(L, o, "keys"), ki = lua_gettop(L), single;
+	size_t n;
+	fctx fk;
+
+	subwho(&fk, f, ": keys");
+	if (ty == LUA_TNIL) {
+		diag(v, f->w, "%s: missing keys = %s (the SHA-256 of each API key, e.g. printf %%s "
+		     "KEY | sha256sum)", f->who, KEY_FORM);
+		goto out;
+	}
+	if (ty != LUA_TTABLE) {
+		int str = ty == LUA_TSTRING;
+		diag(v, f->w, "%s: expected %s or a list of them, got %s%s%s%s", fk.who, KEY_FORM,
+		     got(L, ki, b, sizeof(b)), str ? " (" : "", str ? RAW_KEY_HINT : "",
+		     str ? ")" : "");
+		goto out;
+	}
+	lua_pushnil(L);
+	if (lua_next(L, ki) == 0) {
+		diag(v, f->w, "%s: the list is empty (a tenant needs at least one key)", fk.who);
+		goto out;
+	}
+	lua_pop(L, 2);
+	n = seq_count(L, ki);
+	single = n == 0; /* { sha256 = ... }, or { key = ... } meant as one */
+	if (!single) {
+		single = rget(L, ki, "sha256") != LUA_TNIL;
+		lua_pop(L, 1);
+	}
+	if (single) {
+		if ((t->keys = tr__calloc(1, sizeof(*t->keys))) == NULL)
+			v->nomem = 1;
+		else
+			key_entry(&fk, ki, ti);
+		goto out;
+	}
+	check_keys(&fk, ki, NULL, 0, 1, " (a key is " KEY_FORM "; " RAW_KEY_HINT ")");
+	check_holes(&fk, ki, n);
+	if ((t->keys = tr__calloc(n, sizeof(*t->keys))) == NULL) {
+		v->nomem = 1;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		fctx fe;
+		subwho(&fe, &fk, ": element %zu", i + 1);
+		lua_rawgeti(L, ki, (lua_Integer)i + 1);
+		key_entry(&fe, lua_gettop(L), ti);
+		lua_pop(L, 1);
+	}
+out:
+	lua_pop(L, 1);
+}
+
+/* Parses "50/s", "100/m", "0.5/h" into requests per second. 0 on success,
+ * -1 bad. */
+static int parse_rate(const char *s, double *per_s)
+{
+	double v = 0, scale = 0.1;
+	int nd = 0;
+	const char *p = s;
+
+	while (*p >= '0' && *p <= '9') {
+		v = v * 10 + (*p++ - '0');
+		nd++;
+	}
+	if (*p == '.') {
+		p++;
+		while (*p >= '0' && *p <= '9') {
+			v += (*p++ - '0') * scale;
+			scale /= 10;
+			nd++;
+		}
+	}
+	if (nd == 0 || *p++ != '/')
+		return -1;
+	if (strcmp(p, "s") == 0)
+		*per_s = v;
+	else if (strcmp(p, "m") == 0)
+		*per_s = v / 60;
+	else if (strcmp(p, "h") == 0)
+		*per_s = v / 3600;
+	else
+		return -1;
+	return 0;
+}
+
+static void build_rate(fctx *f, int o, tr_tenant_spec *t)
+{
+	vctx *v = f->v;
+	lua_State *L = v->L;
+	char b[64];
+	double r = 0;
+	int ty = rget(L, o, "rate"), tb;
+
+	if (ty == LUA_TSTRING) {
+		const char *s = lua_tostring(L, -1);
+		if (parse_rate(s, &r) != 0 || strlen(s) != lua_rawlen(L, -1))
+			diag(v, f->w, "%s: rate: bad rate '%s' (%s)", f->who, s, RATE_HINT);
+		else if (r <= 0)
+			diag(v, f->w, "%s: rate: must be more than 0 (leave rate out for no limit)",
+			     f->who);
+		else if (r > RATE_MAX)
+			diag(v, f->w, "%s: rate: must be at most %.0f/s, got '%s'", f->who, RATE_MAX, s);
+		else
+			t->rate = r;
+	} else if (ty != LUA_TNIL) {
+		diag(v, f->w, "%s: rate: expected a rate string (%s), got %s", f->who, RATE_HINT,
+		     got(L, -1, b, sizeof(b)));
+	}
+	lua_pop(L, 1);
+	tb = rget(L, o, "burst");
+	lua_pop(L, 1);
+	if (tb != LUA_TNIL && ty == LUA_TNIL)
+		diag(v, f->w, "%s: burst: only with a rate (a tenant without one is not limited)",
+		     f->who);
+	else
+		want_uint(f, o, "burst", 1, BURST_MAX, &t->burst);
+	if (t->rate > 0 && t->burst == 0)
+		t->burst = t->rate < 1 ? 1 : (uint32_t)ceil(t->rate);
+}
+
+static void build_tenant(vctx *v, int d, where w, const char *name, size_t ti)
+{
+	static const char *const keys[] = {"keys", "rate", "burst"};
+	lua_State *L = v->L;
+	tr_tenant_spec *t = &v->c->tenants[ti];
+	fctx f = {v, w, ""};
+	char b[64];
+	int o;
+
+	t->pos = srcpos(v, w);
+	snprintf(f.who, sizeof(f.who), "tenant '%s'", name);
+	check_twice(v, d, f.who);
+	rget(L, d, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, w, "%s: expected a table: tenant \"%s\" { keys = %s, rate = \"50/s\" }, got %s",
+		     f.who, name, KEY_FORM, got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	check_keys(&f, o, keys, 3, 0, NULL);
+	build_keys(&f, o, ti);
+	build_rate(&f, o, t);
+	lua_pop(L, 1);
 }
 
 /* ---- steps --------------------------------------------------------------- */
@@ -1712,8 +2094,8 @@ static int validate_k(lua_State *L)
 {
 	vctx *v = lua_touserdata(L, 1);
 	tr_config *c = v->c;
-	size_t n, na = 0, ns = 0, np = 0;
-	int decls, seen_node = 0;
+	size_t n, na = 0, ns = 0, np = 0, nt = 0;
+	int decls, seen_node = 0, tenants_over = 0;
 	where first_node = {0, 0};
 
 	lua_settop(L, 0);
@@ -1728,11 +2110,13 @@ static int validate_k(lua_State *L)
 		na += strcmp(k, "actor") == 0;
 		ns += strcmp(k, "supervisor") == 0;
 		np += strcmp(k, "pipeline") == 0;
+		nt += strcmp(k, "tenant") == 0;
 		lua_pop(L, 1);
 	}
 	if ((na && !(c->actors = tr__calloc(na, sizeof(tr_actor_spec)))) ||
 	    (ns && !(c->sups = tr__calloc(ns, sizeof(tr_supervisor_spec)))) ||
-	    (np && !(c->pipelines = tr__calloc(np, sizeof(tr_pipeline_spec))))) {
+	    (np && !(c->pipelines = tr__calloc(np, sizeof(tr_pipeline_spec)))) ||
+	    (nt && !(c->tenants = tr__calloc(nt, sizeof(tr_tenant_spec))))) {
 		v->nomem = 1;
 		return 0;
 	}
@@ -1763,6 +2147,20 @@ static int validate_k(lua_State *L)
 				c->npipelines++;
 				lua_pushinteger(L, (lua_Integer)c->npipelines);
 				lua_setfield(L, d, "accepted");
+			}
+		} else if (strcmp(k, "tenant") == 0) {
+			/* tenants have their own namespace */
+			const tr_tenant_spec *t = tr_config_tenant(c, name);
+			if (t != NULL) {
+				diag(v, w, "tenant '%s' is declared twice (first at %s:%d)", name,
+				     t->pos.file, t->pos.line);
+			} else if (c->ntenants == TR_TENANT_MAX) {
+				if (!tenants_over) /* once, at the first one past */
+					diag(v, w, "tenant '%s': more than %d tenants", name, TR_TENANT_MAX);
+				tenants_over = 1;
+			} else {
+				c->tenants[c->ntenants].name = dup(v, name);
+				build_tenant(v, d, w, name, c->ntenants++);
 			}
 		} else if (taken(v, name, &tk, &tp)) {
 			if (strcmp(tk, k) == 0)

@@ -70,6 +70,11 @@ void tr_config_free(tr_config *c)
 		free_list(&c->pipelines[i].steps);
 	}
 	tr__free(c->pipelines);
+	for (size_t i = 0; i < c->ntenants; i++) {
+		tr__free(c->tenants[i].name);
+		tr__free(c->tenants[i].keys);
+	}
+	tr__free(c->tenants);
 	tr__free(c->node.name);
 	tr__free(c->node.http);
 	for (size_t i = 0; i < c->nfiles; i++)
@@ -83,6 +88,14 @@ const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name)
 	for (size_t i = 0; i < c->nactors; i++)
 		if (c->actors[i].name != NULL && strcmp(c->actors[i].name, name) == 0)
 			return &c->actors[i];
+	return NULL;
+}
+
+const tr_tenant_spec *tr_config_tenant(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->ntenants; i++)
+		if (c->tenants[i].name != NULL && strcmp(c->tenants[i].name, name) == 0)
+			return &c->tenants[i];
 	return NULL;
 }
 

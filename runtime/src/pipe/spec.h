@@ -155,7 +155,25 @@ typedef struct tr_node_spec {
 	char *http;             /* "host:port"; NULL = no HTTP door */
 	uint32_t threads;       /* 0 = number of CPUs */
 	tr_srcpos pos;
+	/* HTTP door limits (http/door.h); 0 = the default. */
+	uint64_t max_body;          /* request body bytes; default 1 MiB */
+	uint32_t max_header;        /* request line + header bytes; default 16 KiB */
+	uint32_t max_connections;   /* open connections; default 10000 */
+	uint64_t header_timeout_us; /* to receive one whole request; default 10 s */
+	uint64_t idle_timeout_us;   /* keep-alive idle; default 60 s */
+	uint64_t grace_us;          /* SIGTERM: time in-flight runs get; default 10 s */
 } tr_node_spec;
+
+/* tenant "acme" { keys = {...}, rate = "50/s", burst = 100 } */
+typedef struct tr_tenant_spec {
+	char *name;
+	tr_srcpos pos;
+	unsigned char (*keys)[32]; /* SHA-256 of each API key (owned); the keys
+	                            * themselves are never in the config */
+	size_t nkeys;
+	double rate;            /* requests per second; 0 = unlimited */
+	uint32_t burst;         /* bucket size; default max(1, ceil(rate)) */
+} tr_tenant_spec;
 
 typedef struct tr_config {
 	char **files;           /* the files loaded, in order (owned) */
@@ -167,6 +185,8 @@ typedef struct tr_config {
 	size_t nsups;
 	tr_pipeline_spec *pipelines;
 	size_t npipelines;
+	tr_tenant_spec *tenants;    /* none: the HTTP door needs no API key */
+	size_t ntenants;
 	/* Lua functions found in the files (receive, when), numbered in the
 	 * order the files create them. Running the same files in a fresh
 	 * sandbox (tr_lua_state_new) recreates them with the same numbers:
@@ -180,5 +200,6 @@ void tr_config_free(tr_config *c);
 const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name);
 const tr_supervisor_spec *tr_config_sup(const tr_config *c, const char *name);
 const tr_pipeline_spec *tr_config_pipeline(const tr_config *c, const char *name);
+const tr_tenant_spec *tr_config_tenant(const tr_config *c, const char *name);
 
 #endif
