@@ -286,6 +286,19 @@ void tr_node_free(tr_node *n)
 			uv_loop_close(&n->workers[i].loop);
 		}
 	}
+	/* A worker may leave its loop between the last actor's death
+	 * (alive reaches 0) and that actor's wake-up post to it (actor.c,
+	 * terminate): run what is left in the inboxes, or it leaks. */
+	for (unsigned i = 0; n->started && i < n->nworkers; i++) {
+		tr__worker *w = &n->workers[i];
+		tr__ctl *c = w->ctl_head;
+		w->ctl_head = w->ctl_tail = NULL;
+		while (c != NULL) {
+			tr__ctl *next = c->next;
+			c->fn(w, c); /* takes ownership of c */
+			c = next;
+		}
+	}
 	unsigned nc = atomic_load(&n->nchunks);
 	for (unsigned c = 0; c < nc; c++)
 		tr__free(atomic_load(&n->chunks[c]));
