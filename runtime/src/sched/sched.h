@@ -142,6 +142,7 @@ enum {
 
 typedef struct tr__worker tr__worker;
 typedef struct tr__timer tr__timer;
+typedef struct tr__tbucket tr__tbucket;
 
 /* A list of refs (links, monitors, waiters, watchers), under the lock. */
 typedef struct tr__refvec {
@@ -253,7 +254,13 @@ struct tr__worker {
 	unsigned pool_len;
 	tr_actor *free_actors;  /* recycled actor structs (linked by rq_next) */
 	unsigned free_len;
-	unsigned ntimers;       /* armed uv timers on this loop */
+	unsigned ntimers;       /* armed timers on this loop */
+	/* Timer buckets and pools (timer.c). */
+	tr__map tbuckets;       /* due ms + 1 -> armed bucket */
+	tr__tbucket *tb_newest; /* stays armed when empty, see timer.c */
+	tr__tbucket *tb_free;   /* recycled buckets, handles initialised */
+	tr__timer *timer_pool;  /* recycled timers */
+	unsigned tb_free_len, timer_pool_len;
 	uint64_t turns;
 	bool stopping_seen;
 
@@ -350,7 +357,6 @@ void tr__make_runnable(tr_node *n, tr_actor *a, unsigned home);
 void tr__post_ctl(tr__worker *w, tr__ctl *c);
 /* Re-queues an actor that still has work, on the worker running it. */
 void tr__requeue(tr__worker *w, tr_actor *a);
-void tr__worker_close_timer(tr__worker *w);
 
 /* mbox.c */
 /*
@@ -386,6 +392,9 @@ void tr__timer_cancel(tr__worker *w, tr__timer *t);
 void tr__timer_delivered(tr__timer *t);
 uint64_t tr__timer_id(const tr__timer *t);
 int tr__timer_kind(const tr__timer *t);
+/* At worker exit, before its loop closes: closes the bucket handles and
+ * frees the pools. */
+void tr__timer_worker_fini(tr__worker *w);
 enum { TIMER_ONCE = 1, TIMER_EVERY, TIMER_ASK };
 
 /* registry.c */

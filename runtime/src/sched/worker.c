@@ -100,6 +100,12 @@ void tr__make_runnable(tr_node *n, tr_actor *a, unsigned home)
 	tr__worker *self = tr__tls_worker;
 	if (self != NULL && self->node == n && self->idx == home) {
 		rq_push(self, a);
+		/* A callback inside sleep_then_run's uv_run (a timer due when
+		 * it started: libuv runs those before it polls) made the actor
+		 * runnable: without uv_stop, libuv would then block in epoll
+		 * with the actor queued here until something else woke us. */
+		if (atomic_load_explicit(&self->in_sleep, memory_order_relaxed))
+			uv_stop(&self->loop);
 		return;
 	}
 	post(&n->workers[home], a, NULL);
@@ -294,6 +300,7 @@ void tr__worker_main(void *arg)
 
 	if (stop_timer != NULL)
 		uv_close((uv_handle_t *)stop_timer, close_free_cb);
+	tr__timer_worker_fini(w);
 	uv_close((uv_handle_t *)&w->async, NULL);
 	uv_walk(&w->loop, walk_close, NULL);
 	while (uv_run(&w->loop, UV_RUN_DEFAULT) != 0)
