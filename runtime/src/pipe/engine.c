@@ -67,8 +67,7 @@ struct fiber {
 	fiber *next_in_run;     /* all fibers of the run */
 	fiber *next_parked;     /* queue of fibers parked on one actor */
 	fstate st;
-	frame stack[MAX_NEST];
-	unsigned depth;
+	unsigned depth;         /* frames in use in stack[] */
 	tr_body *body;          /* the message: owned reference, a msgpack map */
 	/* the step being called */
 	const tr_step *step;
@@ -79,7 +78,6 @@ struct fiber {
 	uint64_t corr;          /* CALLING */
 	uint64_t timer;         /* BACKOFF / PARKED */
 	uint64_t step_t0;       /* ns, for tap durations */
-	uint64_t attempt_t0;
 	int last_err;           /* tr_err of the last failure */
 	int last_cls;
 	/* JOINING */
@@ -93,6 +91,10 @@ struct fiber {
 	struct flight *flight;  /* the flight this fiber leads or waits on */
 	fiber *next_waiter;
 	tr_buf ckey;            /* cache key of the current step's input */
+	/* Last: fiber_init() clears everything above and leaves the frames
+	 * alone (only stack[0 .. depth) is ever read). */
+	frame stack[MAX_NEST];
+	struct fiber *next_free; /* engine's fiber pool */
 };
 
 /*
@@ -125,6 +127,7 @@ typedef struct cache {
 
 struct run {
 	tr_msg *req;            /* the RUN ask, taken: answered exactly once */
+	run *next_free;         /* engine's run pool */
 	uint64_t deadline_ns;   /* monotonic */
 	uint64_t deadline_us;   /* wall, passed on to steps */
 	uint64_t t0;
@@ -135,6 +138,9 @@ struct run {
 	/* Code that walks a run's fibers across calls that may end the run
 	 * holds it; the free waits for the last release. */
 	uint32_t hold;
+	/* The root fiber lives in the run: a run without parallel steps is
+	 * one allocation, and with the pools below, none in steady state. */
+	fiber root_fiber;
 };
 
 /* Per-engine counters, shared with tr_pipe_stats_get readers. */
@@ -157,6 +163,22 @@ static void slots_init(void)
 	uv_mutex_init(&slots_mu);
 }
 
+/*
+ * The registry names of one step target (an actor name as the config
+ * spells it), formatted once: "<name><suffix>", or "<name>#<i><suffix>"
+ * for each of its instances. Building them per attempt with snprintf was
+ * the engine's largest single cost per step.
+ */
+typedef struct target {
+	uint32_t n;             /* 1, or the actor's instances */
+	char names[][96];
+} target;
+
+/* Pool caps: enough for a busy engine's runs in flight to recycle
+ * without malloc, small enough not to hoard memory after a burst. */
+#define RUN_POOL_MAX 256
+#define FIBER_POOL_MAX 64
+
 typedef struct engine {
 	const tr_config *cfg;
 	const tr_pipeline_spec *spec;
@@ -166,6 +188,10 @@ typedef struct engine {
 	tr__map parked;         /* actor idx -> head fiber of the parked queue */
 	tr__map flights;        /* key hash -> flight (coalesce) */
 	tr__map caches;         /* step address -> cache */
+	tr__map targets;        /* address of an actor name in cfg -> target */
+	run *free_runs;         /* pool, at most RUN_POOL_MAX */
+	fiber *free_fibers;     /* pool of branch fibers, at most FIBER_POOL_MAX */
+	uint32_t nfree_runs, nfree_fibers;
 	uint32_t inflight;
 	uint64_t rng;
 	uint32_t rr;            /* round robin over instances */
@@ -178,7 +204,14 @@ typedef struct engine {
 #define STAT_ADD(e, k, d) atomic_fetch_add_explicit(&(e)->stats->v[k], (d), memory_order_relaxed)
 
 static void advance(tr_ctx *ctx, engine *e, fiber *f);
-static void attempt(tr_ctx *ctx, engine *e, fiber *f);
+static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now);
+
+/* Starts an attempt of f's step (clock reads cost ~30 ns each on the VMs;
+ * call_start passes the one it already made). */
+static void attempt(tr_ctx *ctx, engine *e, fiber *f)
+{
+	attempt_at(ctx, e, f, tr_now_ns());
+}
 
 /* ------------------------------------------------------------------ */
 /* small things                                                        */
@@ -218,23 +251,60 @@ static int classify(int err)
 	}
 }
 
-static uint64_t time_left_us(const run *r)
+static uint64_t time_left_us_at(const run *r, uint64_t now)
 {
-	uint64_t now = tr_now_ns();
 	return r->deadline_ns > now ? (r->deadline_ns - now) / 1000u : 0;
 }
 
+static uint64_t time_left_us(const run *r)
+{
+	return time_left_us_at(r, tr_now_ns());
+}
+
+/* The names of target `name` (a string of the config: its address is
+ * the key), made on first use; NULL without memory. */
+static const target *target_of(engine *e, const char *name)
+{
+	uint64_t key = (uint64_t)(uintptr_t)name;
+	tr__map_ent *ent = tr__map_get(&e->targets, key, TR_REF_NONE);
+	if (ent != NULL)
+		return ent->ptr;
+	const tr_actor_spec *a = tr_config_actor(e->cfg, name);
+	uint32_t n = a != NULL && a->instances > 1 ? a->instances : 1;
+	target *t = tr__malloc(sizeof(*t) + (size_t)n * sizeof(t->names[0]));
+	if (t == NULL)
+		return NULL;
+	t->n = n;
+	for (uint32_t i = 0; i < n; i++) {
+		if (n > 1)
+			snprintf(t->names[i], sizeof(t->names[i]), "%s#%u%s", name, i, e->suffix);
+		else
+			snprintf(t->names[i], sizeof(t->names[i]), "%s%s", name, e->suffix);
+	}
+	if (tr__map_put(&e->targets, key, TR_REF_NONE, t) != TR_OK) {
+		tr__free(t);
+		return NULL;
+	}
+	return t;
+}
+
 /* Resolves an actor name to a ref in our generation, round robin over
- * its instances. */
+ * its instances. The registry is asked every time (a restarted actor is
+ * a new ref under the same name); only the name strings are cached. */
 static int resolve(engine *e, const char *name, tr_ref *ref)
 {
-	const tr_actor_spec *a = tr_config_actor(e->cfg, name);
-	char buf[96];
-	if (a != NULL && a->instances > 1)
-		snprintf(buf, sizeof(buf), "%s#%u%s", name, e->rr++ % a->instances, e->suffix);
-	else
-		snprintf(buf, sizeof(buf), "%s%s", name, e->suffix);
-	return tr_whereis(e->node, buf, ref);
+	const target *t = target_of(e, name);
+	if (t == NULL)
+		return TR_ENOMEM;
+	return tr_whereis(e->node, t->names[t->n > 1 ? e->rr++ % t->n : 0], ref);
+}
+
+static void targets_free(engine *e)
+{
+	for (uint32_t i = 0; i < e->targets.cap; i++)
+		if (e->targets.ents[i].key != 0)
+			tr__free(e->targets.ents[i].ptr);
+	tr__map_free(&e->targets);
 }
 
 /* ------------------------------------------------------------------ */
@@ -384,7 +454,24 @@ static void cut_fibers(tr_ctx *ctx, engine *e, run *r, const fiber *parent)
 	}
 }
 
-static void run_free(run *r)
+/* A new run, from the pool if it has one; fields up to root_fiber are
+ * zero (fiber_new sets up the root). */
+static run *run_new(engine *e)
+{
+	run *r = e->free_runs;
+	if (r != NULL) {
+		e->free_runs = r->next_free;
+		e->nfree_runs--;
+	} else if ((r = tr__malloc(sizeof(*r))) == NULL) {
+		return NULL;
+	}
+	memset(r, 0, offsetof(run, root_fiber));
+	return r;
+}
+
+/* Frees a run, its fibers and its request; structs go back to the
+ * pools while they have room. */
+static void run_free(engine *e, run *r)
 {
 	fiber *f = r->fibers;
 	while (f != NULL) {
@@ -392,17 +479,46 @@ static void run_free(run *r)
 		tr_body_unref(f->body);
 		tr_buf_free(&f->par_merged);
 		tr_buf_free(&f->ckey);
-		tr__free(f);
+		if (f != &r->root_fiber) {
+			if (e->nfree_fibers < FIBER_POOL_MAX) {
+				f->next_free = e->free_fibers;
+				e->free_fibers = f;
+				e->nfree_fibers++;
+			} else {
+				tr__free(f);
+			}
+		}
 		f = next;
 	}
 	tr_msg_free(r->req);
-	tr__free(r);
+	if (e->nfree_runs < RUN_POOL_MAX) {
+		r->next_free = e->free_runs;
+		e->free_runs = r;
+		e->nfree_runs++;
+	} else {
+		tr__free(r);
+	}
 }
 
-static void run_release(run *r)
+static void pools_free(engine *e)
+{
+	while (e->free_runs != NULL) {
+		run *r = e->free_runs;
+		e->free_runs = r->next_free;
+		tr__free(r);
+	}
+	while (e->free_fibers != NULL) {
+		fiber *f = e->free_fibers;
+		e->free_fibers = f->next_free;
+		tr__free(f);
+	}
+	e->nfree_runs = e->nfree_fibers = 0;
+}
+
+static void run_release(engine *e, run *r)
 {
 	if (--r->hold == 0 && r->answered)
-		run_free(r);
+		run_free(e, r);
 }
 
 /* The run is over: answer it (exactly once) and free it, or leave the
@@ -418,17 +534,26 @@ static void run_end(tr_ctx *ctx, engine *e, run *r, int err, tr_body *body)
 	e->inflight--;
 	STAT_ADD(e, S_INFLIGHT, (uint64_t)-1);
 	if (r->hold == 0)
-		run_free(r);
+		run_free(e, r);
 }
 
 /* ------------------------------------------------------------------ */
 /* fibers                                                              */
 
-static fiber *fiber_new(run *r, fiber *parent, tr_body *body)
+/* A new fiber of run `r`: its root (parent NULL, the one inside the run)
+ * or a parallel branch (from the pool, else the heap). */
+static fiber *fiber_new(engine *e, run *r, fiber *parent, tr_body *body)
 {
-	fiber *f = tr__calloc(1, sizeof(*f));
-	if (f == NULL)
+	fiber *f;
+	if (parent == NULL) {
+		f = &r->root_fiber;
+	} else if ((f = e->free_fibers) != NULL) {
+		e->free_fibers = f->next_free;
+		e->nfree_fibers--;
+	} else if ((f = tr__malloc(sizeof(*f))) == NULL) {
 		return NULL;
+	}
+	memset(f, 0, offsetof(fiber, stack));
 	f->r = r;
 	f->parent = parent;
 	f->body = tr_body_ref(body);
@@ -556,7 +681,7 @@ static void parallel_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 	f->spawning = 1;
 	r->hold++; /* branches may end the whole run while we loop */
 	for (size_t i = 0; i < nb && !r->answered && f->st == F_JOINING; i++) {
-		fiber *c = fiber_new(r, f, f->body);
+		fiber *c = fiber_new(e, r, f, f->body);
 		if (c == NULL) {
 			f->spawning = 0;
 			cut_fibers(ctx, e, r, f);
@@ -574,7 +699,7 @@ static void parallel_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 		if (f->par_ok >= f->par_need || f->par_left == 0)
 			join_settle(ctx, e, f, NULL);
 	}
-	run_release(r);
+	run_release(e, r);
 }
 
 /* ------------------------------------------------------------------ */
@@ -633,7 +758,7 @@ static void flight_done(tr_ctx *ctx, engine *e, fiber *leader, int ok, int cls, 
 	for (w = fl->waiters; w != NULL; w = next) {
 		next = w->next_waiter;
 		w->next_waiter = NULL;
-		run_release(w->r);
+		run_release(e, w->r);
 	}
 	tr_buf_free(&fl->key);
 	tr__free(fl);
@@ -902,7 +1027,10 @@ static int call_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 	}
 	if (s->u.call.coalesce && flight_join(ctx, e, f))
 		return 0;
-	attempt(ctx, e, f);
+	/* The step's start time serves as the attempt's "now": what ran
+	 * since (a tap, a cache lookup) takes microseconds, far below the
+	 * millisecond the deadline check works in. */
+	attempt_at(ctx, e, f, f->step_t0);
 	return 0;
 }
 
@@ -963,17 +1091,17 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 		run *r = f->r;
 		if (live)
 			fail(ctx, e, f, cls, err, msg);
-		run_release(r);
+		run_release(e, r);
 		return;
 	}
 	fail(ctx, e, f, cls, err, msg);
 }
 
-static void attempt(tr_ctx *ctx, engine *e, fiber *f)
+static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 {
 	const tr_step *s = f->step;
 	run *r = f->r;
-	uint64_t left = time_left_us(r), timeout, corr;
+	uint64_t left = time_left_us_at(r, now), timeout, corr;
 	tr_msg *m;
 	int rc;
 
@@ -988,6 +1116,10 @@ static void attempt(tr_ctx *ctx, engine *e, fiber *f)
 	if (timeout > left)
 		timeout = left;
 	rc = resolve(e, f->target, &f->target_ref);
+	if (rc == TR_ENOMEM) {
+		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
+		return;
+	}
 	if (rc != TR_OK) {
 		f->attempts++;
 		failed_attempt(ctx, e, f, C_CRASHED, TR_ENOACTOR);
@@ -1005,7 +1137,6 @@ static void attempt(tr_ctx *ctx, engine *e, fiber *f)
 	m->trace_lo = r->req->trace_lo;
 	m->tenant = r->req->tenant;
 	m->attempt = (uint16_t)f->attempts;
-	f->attempt_t0 = tr_now_ns();
 	rc = tr_ask(ctx, f->target_ref, m, (timeout + 999) / 1000, &corr);
 	if (rc == TR_EFULL) {
 		/* overflow=block: park until the actor says WRITABLE (it owes
@@ -1076,7 +1207,7 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 			f->step = NULL;
 			advance(ctx, e, f);
 		}
-		run_release(r);
+		run_release(e, r);
 		return;
 	}
 	f->step = NULL;
@@ -1195,10 +1326,9 @@ static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
 	}
 	body = (m->body != NULL && m->body->len > 0) ? tr_body_ref(m->body)
 	                                               : tr_body_new(empty_map, 1);
-	r = tr__calloc(1, sizeof(*r));
-	if (body == NULL || r == NULL) {
+	r = body != NULL ? run_new(e) : NULL;
+	if (r == NULL) {
 		tr_body_unref(body);
-		tr__free(r);
 		(void)tr_reply_error(ctx, m, TR_ENOMEM);
 		return;
 	}
@@ -1213,7 +1343,7 @@ static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
 	e->inflight++;
 	STAT_ADD(e, S_RUNS, 1);
 	STAT_ADD(e, S_INFLIGHT, 1);
-	f = fiber_new(r, NULL, body);
+	f = fiber_new(e, r, NULL, body);
 	tr_body_unref(body);
 	if (f == NULL) {
 		run_end(ctx, e, r, TR_ENOMEM, NULL);
@@ -1258,7 +1388,7 @@ static void on_writable(tr_ctx *ctx, engine *e, tr_msg *m)
 		r->hold++;
 		attempt(ctx, e, f);
 		int reparked = !r->answered && f->st == F_PARKED;
-		run_release(r);
+		run_release(e, r);
 		if (reparked)
 			break;
 		q = tr__map_get(&e->parked, m->from.idx, TR_REF_NONE);
@@ -1366,6 +1496,8 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 	tr__map_free(&e->parked);
 	tr__map_free(&e->flights); /* empty: every flight ended with its runs */
 	caches_free(e);
+	targets_free(e);
+	pools_free(e);
 	tr_lua_state_free(e->L);
 	if (e->stats != NULL) {
 		uv_mutex_lock(&slots_mu);
