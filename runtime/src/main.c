@@ -29,6 +29,7 @@
 
 #include <troupe/troupe.h>
 
+#include "http/door.h"
 #include "lua/tlua.h"
 #include "pipe/live.h"
 
@@ -37,7 +38,7 @@ static void usage(FILE *f)
 	fputs("usage: troupe <command> [options]\n"
 	      "\n"
 	      "commands:\n"
-	      "  run [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
+	      "  run [--http ADDR] [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
 	      "                                 start a node from pipeline files (Ctrl-C to stop)\n"
 	      "  check FILE...                  validate pipeline files without starting anything\n"
 	      "  reload (--pid PID | --pid-file F)\n"
@@ -139,22 +140,48 @@ static int write_pid_file(const char *path)
 	return fclose(f) == 0 ? 0 : -1;
 }
 
+#define DEFAULT_FILE "pipelines/assistant.lua"
+
+static int drain(tr_door *door, const tr_config *c, const sigset_t *set);
+
+/* Door options from the node's settings; `http` overrides its address. */
+static tr_door_opts door_opts(const tr_config *c, const char *http)
+{
+	tr_door_opts o;
+	memset(&o, 0, sizeof(o));
+	o.listen = http ? http : c ? c->node.http : NULL;
+	if (c != NULL) {
+		o.max_body = c->node.max_body;
+		o.max_header = c->node.max_header;
+		o.max_connections = c->node.max_connections;
+		o.header_timeout_ms = c->node.header_timeout_us / 1000u;
+		o.idle_timeout_ms = c->node.idle_timeout_us / 1000u;
+	}
+	return o;
+}
+
 static void run_help(FILE *f)
 {
-	fputs("usage: troupe run [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
+	fputs("usage: troupe run [--http ADDR] [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
 	      "  FILE...         pipeline files (Lua), loaded in order into one namespace\n"
+	      "                  (default: " DEFAULT_FILE ")\n"
+	      "  --http ADDR     serve HTTP on ADDR (host:port; default: node { http })\n"
 	      "  --threads N     worker threads (default: node { threads } or the number of CPUs)\n"
 	      "  --log-level L   debug|info|warn|error (default info)\n"
 	      "  --pid-file F    write the process id to F (for `troupe reload --pid-file F`)\n"
-	      "signals: SIGINT/SIGTERM stop the node, SIGHUP reloads the files\n",
+	      "signals: SIGINT/SIGTERM stop the node gracefully (in-flight requests are\n"
+	      "answered within node { grace }, default 10 s; a second signal exits at once),\n"
+	      "SIGHUP reloads the files\n",
 	      f);
 }
 
 static int cmd_run(int argc, char **argv)
 {
 	tr_node_opts o;
-	const char *pid_file = NULL;
+	const char *pid_file = NULL, *http = NULL;
 	const char **files = NULL;
+	tr_door *door = NULL;
+	uint64_t t_start = tr_now_ns();
 	size_t nfiles = 0;
 	tr_config *cfg = NULL;
 	tr_node *node = NULL;
@@ -195,6 +222,8 @@ static int cmd_run(int argc, char **argv)
 			}
 		} else if (strcmp(a, "--pid-file") == 0 && has_val) {
 			pid_file = argv[++i];
+		} else if (strcmp(a, "--http") == 0 && has_val) {
+			http = argv[++i];
 		} else if (a[0] == '-') {
 			fprintf(stderr, "troupe run: unknown option or missing value '%s' (see troupe run --help)\n", a);
 			code = 2;
@@ -204,21 +233,26 @@ static int cmd_run(int argc, char **argv)
 		}
 	}
 
+	if (nfiles == 0)
+		files[nfiles++] = DEFAULT_FILE;
+
 	/* Validate before anything starts: a broken file costs no thread. The
 	 * config read here also gives the node's settings; tr_live_load reads
 	 * the files again to deploy them (so that a reload works the same). */
-	if (nfiles > 0) {
-		rc = tr_config_load(files, nfiles, &cfg, &d);
-		if (rc != TR_OK) {
-			log_diag(LOG_ERROR, "invalid pipeline files", &d);
-			if (d.n == 0)
-				log_json(LOG_ERROR, "cannot load pipeline files", "error", tr_strerror(rc),
-				         (const char *)NULL);
-			goto out;
-		}
-		if (o.threads == 0)
-			o.threads = cfg->node.threads;
+	rc = tr_config_load(files, nfiles, &cfg, &d);
+	if (rc != TR_OK) {
+		log_diag(LOG_ERROR, "invalid pipeline files", &d);
+		if (d.n == 0)
+			log_json(LOG_ERROR, "cannot load pipeline files", "error", tr_strerror(rc),
+			         (const char *)NULL);
+		goto out;
 	}
+	if (o.threads == 0)
+		o.threads = cfg->node.threads;
+
+	/* A peer that closes while we write must cost an EPIPE on that
+	 * connection, not the process (libuv leaves SIGPIPE alone). */
+	signal(SIGPIPE, SIG_IGN);
 
 	/* Block the control signals before any thread starts, so every worker
 	 * inherits the mask and only sigtimedwait() below sees them. */
@@ -242,10 +276,22 @@ static int cmd_run(int argc, char **argv)
 		}
 		goto out;
 	}
-	if (nfiles > 0) {
-		rc = tr_live_load(live, files, nfiles, &d);
+	rc = tr_live_load(live, files, nfiles, &d);
+	if (rc != TR_OK) {
+		log_diag(LOG_ERROR, "cannot deploy the pipeline files", &d);
+		tr_node_shutdown(node, 1);
+		tr_node_wait(node);
+		goto out;
+	}
+	tr_door_opts dopts = door_opts(tr_live_config(live), http);
+	if (dopts.listen != NULL) {
+		char err[256];
+		rc = tr_door_start(node, &dopts, &door, err, sizeof(err));
+		if (rc == TR_OK)
+			rc = tr_door_set_config(door, tr_live_config(live), tr_live_gen(live));
+		else
+			log_json(LOG_ERROR, "cannot start the HTTP door", "error", err, (const char *)NULL);
 		if (rc != TR_OK) {
-			log_diag(LOG_ERROR, "cannot deploy the pipeline files", &d);
 			tr_node_shutdown(node, 1);
 			tr_node_wait(node);
 			goto out;
@@ -264,7 +310,9 @@ static int cmd_run(int argc, char **argv)
 		         "#pid", (unsigned long long)getpid(), "#generation",
 		         (unsigned long long)tr_live_gen(live), "#actors",
 		         (unsigned long long)(c ? c->nactors : 0), "#pipelines",
-		         (unsigned long long)(c ? c->npipelines : 0), (const char *)NULL);
+		         (unsigned long long)(c ? c->npipelines : 0), "http",
+		         dopts.listen ? dopts.listen : "", "#startup_us",
+		         (unsigned long long)((tr_now_ns() - t_start) / 1000u), (const char *)NULL);
 	}
 
 	/* Control loop: signals, and every 100 ms a poll that retires the
@@ -280,6 +328,10 @@ static int cmd_run(int argc, char **argv)
 			tr_diag_free(&d);
 			tr_diag_init(&d);
 			rc = tr_live_reload(live, &d);
+			if (rc == TR_OK && door != NULL &&
+			    tr_door_set_config(door, tr_live_config(live), tr_live_gen(live)) != TR_OK)
+				log_json(LOG_WARN, "HTTP door keeps the previous tenants and graphs: out of memory",
+				         (const char *)NULL);
 			if (rc == TR_OK) {
 				log_json(LOG_INFO, "reloaded", "#generation",
 				         (unsigned long long)tr_live_gen(live), (const char *)NULL);
@@ -294,6 +346,14 @@ static int cmd_run(int argc, char **argv)
 		         (const char *)NULL);
 		break;
 	}
+	if (door != NULL && drain(door, tr_live_config(live), &set) != 0) {
+		/* a second signal: no more waiting */
+		log_json(LOG_WARN, "second signal: exiting now", "#inflight",
+		         (unsigned long long)tr_door_inflight(door), (const char *)NULL);
+		if (pid_file != NULL)
+			unlink(pid_file);
+		_exit(1);
+	}
 	tr_node_shutdown(node, 0);
 	code = tr_node_wait(node) == 0 ? 0 : 1;
 	if (pid_file != NULL)
@@ -302,12 +362,41 @@ static int cmd_run(int argc, char **argv)
 out:
 	/* The deployment's specs are read by actors until the node stops:
 	 * free it only now. */
+	tr_door_free(door);
 	tr_live_free(live);
 	tr_node_free(node);
 	tr_config_free(cfg);
 	tr_diag_free(&d);
 	free(files);
 	return code;
+}
+
+/*
+ * Graceful stop: the door stops accepting and closes idle connections;
+ * the runs in flight get up to the grace period to be answered. Returns
+ * 0 when drained (or the grace ran out: logged), 1 when a second stop
+ * signal came meanwhile.
+ */
+static int drain(tr_door *door, const tr_config *c, const sigset_t *set)
+{
+	uint64_t grace_ns = (c && c->node.grace_us ? c->node.grace_us : 10000000u) * 1000u;
+	uint64_t until = tr_now_ns() + grace_ns;
+	tr_door_drain(door);
+	log_json(LOG_INFO, "draining", "#inflight", (unsigned long long)tr_door_inflight(door),
+	         "#grace_ms", (unsigned long long)(grace_ns / 1000000u), (const char *)NULL);
+	while (tr_door_inflight(door) > 0) {
+		if (tr_now_ns() >= until) {
+			log_json(LOG_WARN, "grace period over", "#inflight",
+			         (unsigned long long)tr_door_inflight(door), (const char *)NULL);
+			return 0;
+		}
+		struct timespec tick = {0, 10 * 1000 * 1000};
+		int sig = sigtimedwait(set, NULL, &tick);
+		if (sig == SIGINT || sig == SIGTERM)
+			return 1;
+	}
+	log_json(LOG_INFO, "drained", (const char *)NULL);
+	return 0;
 }
 
 /* ---- troupe reload ------------------------------------------------------- */

@@ -9,7 +9,7 @@
 # Prints "tt: test_cli: N passed, N failed" (tests/harness/tt.h's line).
 set -uo pipefail
 
-troupe=$1
+troupe=$(realpath "$1")
 src=$2
 tmp=$(mktemp -d /tmp/troupe-cli-XXXXXX)
 pids=()
@@ -140,17 +140,23 @@ check "stopped is logged" grep -q '"msg":"stopped"' "$tmp/log"
 check "pid file removed" test ! -e "$tmp/pid"
 check "every log line is JSON" bash -c "! grep -v '^{\"ts_us\":[0-9]*,\"level\":\"[a-z]*\",\"msg\":\".*}$' '$tmp/log'"
 
-# A node without files: starts empty, SIGINT stops it; a reload has nothing
-# to load and says so.
-"$troupe" run --threads 1 2>"$tmp/log2" &
+# Without FILE arguments, run loads pipelines/assistant.lua from the
+# current directory; SIGINT stops it.
+mkdir -p "$tmp/cwd/pipelines"
+cat >"$tmp/cwd/pipelines/assistant.lua" <<'LUA'
+actor "shout" { receive = function(msg) return msg end }
+pipeline "loud" { step "shout" {} }
+LUA
+(cd "$tmp/cwd" && exec "$troupe" run --threads 1) 2>"$tmp/log2" &
 node=$!
 pids+=("$node")
-check "run without files starts" wait_log "$tmp/log2" '"msg":"node started"'
-kill -HUP "$node"
-check "reload without files is rejected" wait_log "$tmp/log2" 'nothing to reload'
+check "run without files loads pipelines/assistant.lua" wait_log "$tmp/log2" '"msg":"node started"'
 kill -INT "$node"
 wait_exit "$node"
 check "SIGINT exits 0" test "$rc" = 0
+(cd "$tmp" && "$troupe" run) 2>"$tmp/err"
+check "run without files and no default file exits 1" test $? -eq 1
+check "the missing default file is named" grep -q "pipelines/assistant.lua" "$tmp/err"
 
 # ---- reload: bad arguments --------------------------------------------------
 "$troupe" reload 2>/dev/null

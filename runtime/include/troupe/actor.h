@@ -79,6 +79,8 @@ typedef struct tr_spawn_opts {
 	const char *name;    /* register under this name (TR_EEXIST if taken) */
 	tr_actor_opts mbox;  /* non-zero fields override ops->options */
 	uint8_t link;        /* link the new actor to the spawner */
+	uint8_t pinned;      /* 1: never migrates off the worker it starts on
+	                      * (an actor that owns libuv handles on its loop) */
 } tr_spawn_opts;
 
 /* --- spawning and identity -------------------------------------------- */

@@ -40,7 +40,7 @@
 
 enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u };
 
-#define MAX_NEST 32          /* route/parallel nesting of step lists */
+#define MAX_NEST TR_STEP_NEST_MAX /* route/parallel nesting of step lists */
 #define MIN_ATTEMPT_US 1000  /* don't start an attempt with less time left */
 
 typedef enum fstate {
@@ -51,7 +51,8 @@ typedef enum fstate {
 
 /* Error classes (retry_on). */
 enum { C_TIMEOUT = TR_RETRY_TIMEOUT, C_ERROR = TR_RETRY_ERROR, C_OVERLOAD = TR_RETRY_OVERLOAD,
-       C_CRASHED = TR_RETRY_CRASHED, C_DEADLINE = 1 << 8, C_INVALID = 1 << 9 };
+       C_CRASHED = TR_RETRY_CRASHED, C_DEADLINE = 1 << 8, C_INVALID = 1 << 9,
+       C_CANCELLED = 1 << 10 };
 
 typedef struct run run;
 typedef struct fiber fiber;
@@ -73,6 +74,7 @@ struct fiber {
 	const tr_step *step;
 	const char *target;     /* actor name now being asked */
 	tr_ref target_ref;
+	uint32_t inst;          /* instance of target asked (its "#i"), when it has several */
 	uint32_t attempts;      /* across the fallback too */
 	uint8_t on_fallback;
 	uint64_t corr;          /* CALLING */
@@ -135,6 +137,10 @@ struct run {
 	fiber *root;
 	uint8_t answered;
 	uint32_t nlive;         /* fibers not DONE */
+	/* TR_RUN_TRACE: the finished steps, each a msgpack map, back to back
+	 * (the answer's "steps" array); `ntrace` of them. */
+	tr_buf trace;
+	uint32_t ntrace;
 	/* Code that walks a run's fibers across calls that may end the run
 	 * holds it; the free waits for the last release. */
 	uint32_t hold;
@@ -143,16 +149,35 @@ struct run {
 	fiber root_fiber;
 };
 
+/* One call step's figures (tr_pipe_step_stats), written by the engine
+ * with relaxed atomics, read by anyone. */
+typedef struct step_slot {
+	const tr_step *step;
+	_Atomic uint64_t calls, ok, failed, retries, timeouts, cache_hits, sum_us;
+	_Atomic uint64_t buckets[TR_PIPE_NBUCKETS];
+} step_slot;
+
 /* Per-engine counters, shared with tr_pipe_stats_get readers. */
 typedef struct stats_slot {
 	tr_node *node;
 	char name[64];
 	_Atomic uint64_t v[sizeof(tr_pipe_stats) / sizeof(uint64_t)];
+	step_slot *steps;       /* owned: one per call step, file order */
+	size_t nsteps;
 	struct stats_slot *next;
 } stats_slot;
 
+/* In the order of tr_pipe_stats' fields (readers copy it word by word). */
 enum { S_RUNS, S_OK, S_FAILED, S_REFUSED, S_INFLIGHT, S_CALLS, S_RETRIES, S_FALLBACKS,
-       S_CACHE_HITS, S_COALESCED, S_PARKED, S_TAP_SENT, S_TAP_DROPPED };
+       S_CACHE_HITS, S_COALESCED, S_PARKED, S_TAP_SENT, S_TAP_DROPPED, S_TIMEOUTS,
+       S_CACHE_MISSES, S_CANCELLED, S_EVENTS_DROPPED, S__N };
+_Static_assert(S__N * sizeof(uint64_t) == sizeof(tr_pipe_stats), "S_* match tr_pipe_stats");
+
+const uint64_t TR_PIPE_BUCKETS_US[TR_PIPE_NBUCKETS - 1] = {
+	500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+	1000000, 2500000, 5000000, 10000000};
+
+
 
 static uv_mutex_t slots_mu;
 static uv_once_t slots_once = UV_ONCE_INIT;
@@ -189,6 +214,8 @@ typedef struct engine {
 	tr__map flights;        /* key hash -> flight (coalesce) */
 	tr__map caches;         /* step address -> cache */
 	tr__map targets;        /* address of an actor name in cfg -> target */
+	tr__map runs;           /* (run ask corr, asker) -> run: for cancels */
+	tr__map step_idx;       /* step address -> index in stats->steps */
 	run *free_runs;         /* pool, at most RUN_POOL_MAX */
 	fiber *free_fibers;     /* pool of branch fibers, at most FIBER_POOL_MAX */
 	uint32_t nfree_runs, nfree_fibers;
@@ -232,6 +259,7 @@ static const char *cls_name(int cls)
 	case C_CRASHED: return "crashed";
 	case C_DEADLINE: return "deadline";
 	case C_INVALID: return "invalid";
+	case C_CANCELLED: return "cancelled";
 	default: return "error";
 	}
 }
@@ -291,12 +319,15 @@ static const target *target_of(engine *e, const char *name)
 /* Resolves an actor name to a ref in our generation, round robin over
  * its instances. The registry is asked every time (a restarted actor is
  * a new ref under the same name); only the name strings are cached. */
-static int resolve(engine *e, const char *name, tr_ref *ref)
+static int resolve(engine *e, const char *name, tr_ref *ref, uint32_t *inst)
 {
 	const target *t = target_of(e, name);
 	if (t == NULL)
 		return TR_ENOMEM;
-	return tr_whereis(e->node, t->names[t->n > 1 ? e->rr++ % t->n : 0], ref);
+	uint32_t i = t->n > 1 ? e->rr++ % t->n : 0;
+	if (inst != NULL)
+		*inst = t->n > 1 ? i + 1 : 0; /* 0: no "#i" */
+	return tr_whereis(e->node, t->names[i], ref);
 }
 
 static void targets_free(engine *e)
@@ -321,7 +352,7 @@ static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int c
 
 	if (e->spec->tap == NULL)
 		return;
-	if (resolve(e, e->spec->tap, &to) != TR_OK) {
+	if (resolve(e, e->spec->tap, &to, NULL) != TR_OK) {
 		STAT_ADD(e, S_TAP_DROPPED, 1);
 		return;
 	}
@@ -366,6 +397,142 @@ static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int c
 		STAT_ADD(e, S_TAP_DROPPED, 1);
 }
 
+/* The actor a step's fiber asked, as clients see it: "rag#1". */
+static void actor_name(const fiber *f, char *buf, size_t n)
+{
+	if (f->inst > 0)
+		snprintf(buf, n, "%s#%u", f->target ? f->target : "", f->inst - 1);
+	else
+		snprintf(buf, n, "%s", f->target ? f->target : "");
+}
+
+/* TR_RUN_EVENTS: one step event to the run's asker, fire and forget. */
+static void event(tr_ctx *ctx, engine *e, const fiber *f, const char *ev)
+{
+	const run *r = f->r;
+	tr_buf b;
+	msgpack_packer pk;
+	char actor[112];
+
+	if (!(r->req->arg & TR_RUN_EVENTS) || f->step == NULL)
+		return;
+	actor_name(f, actor, sizeof(actor));
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	int bad = msgpack_pack_map(&pk, 6) || tr__mp_pack_cstr(&pk, "type") ||
+	          tr__mp_pack_cstr(&pk, "step") || tr__mp_pack_cstr(&pk, "event") ||
+	          tr__mp_pack_cstr(&pk, ev) || tr__mp_pack_cstr(&pk, "step") ||
+	          tr__mp_pack_cstr(&pk, f->step->u.call.actor) || tr__mp_pack_cstr(&pk, "actor") ||
+	          tr__mp_pack_cstr(&pk, actor) || tr__mp_pack_cstr(&pk, "attempt") ||
+	          msgpack_pack_uint32(&pk, f->attempts) || tr__mp_pack_cstr(&pk, "us") ||
+	          msgpack_pack_uint64(&pk, (tr_now_ns() - f->step_t0) / 1000u);
+	tr_msg *m = bad ? NULL : tr_msg_new();
+	if (m == NULL) {
+		tr_buf_free(&b);
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+		return;
+	}
+	m->tag = TR_TAG_RUN_EVENT;
+	/* A system message, as the run's answer is: the two queues are
+	 * delivered in their own orders, so only this keeps every event
+	 * ahead of the answer. Bounded by the run's steps. */
+	m->flags = TR_MSGF_SYSTEM;
+	m->corr = r->req->corr;
+	m->trace_hi = r->req->trace_hi;
+	m->trace_lo = r->req->trace_lo;
+	m->body = tr_body_new(b.data, b.len);
+	tr_buf_free(&b);
+	if (m->body == NULL || tr_send(ctx, r->req->from, m) != TR_OK)
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+}
+
+/* A step event: to the tap and, when asked for, to the run's asker. */
+static void notify(tr_ctx *ctx, engine *e, const fiber *f, const char *ev, int cls)
+{
+	tap(ctx, e, f, ev, cls);
+	event(ctx, e, f, ev);
+}
+
+#define SLOT_ADD(x, d) atomic_fetch_add_explicit(&(x), (d), memory_order_relaxed)
+
+/* A call step of f ended (ok or not): its figures, and its line in the
+ * run's trace. */
+static void step_done(engine *e, fiber *f, int ok, int cached, int coalesced)
+{
+	run *r = f->r;
+	const tr_step *s = f->step;
+	uint64_t us = (tr_now_ns() - f->step_t0) / 1000u;
+	if (s == NULL)
+		return;
+	tr__map_ent *ent = tr__map_get(&e->step_idx, (uint64_t)(uintptr_t)s, TR_REF_NONE);
+	if (ent != NULL) {
+		step_slot *ss = &e->stats->steps[(uintptr_t)ent->ptr];
+		int b = 0;
+		while (b < TR_PIPE_NBUCKETS - 1 && us > TR_PIPE_BUCKETS_US[b])
+			b++;
+		SLOT_ADD(ss->calls, 1);
+		SLOT_ADD(*(ok ? &ss->ok : &ss->failed), 1);
+		SLOT_ADD(ss->sum_us, us);
+		SLOT_ADD(ss->buckets[b], 1);
+		if (cached)
+			SLOT_ADD(ss->cache_hits, 1);
+	}
+	if (!(r->req->arg & TR_RUN_TRACE))
+		return;
+	char actor[112];
+	msgpack_packer pk;
+	actor_name(f, actor, sizeof(actor));
+	size_t mark = r->trace.len;
+	tr__mp_packer(&pk, &r->trace);
+	if (msgpack_pack_map(&pk, 7) || tr__mp_pack_cstr(&pk, "step") ||
+	    tr__mp_pack_cstr(&pk, s->u.call.actor) || tr__mp_pack_cstr(&pk, "actor") ||
+	    tr__mp_pack_cstr(&pk, actor) || tr__mp_pack_cstr(&pk, "us") ||
+	    msgpack_pack_uint64(&pk, us) || tr__mp_pack_cstr(&pk, "attempts") ||
+	    msgpack_pack_uint32(&pk, f->attempts) || tr__mp_pack_cstr(&pk, "cached") ||
+	    (cached ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)) ||
+	    tr__mp_pack_cstr(&pk, "coalesced") ||
+	    (coalesced ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)) ||
+	    tr__mp_pack_cstr(&pk, "ok") || (ok ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)))
+		r->trace.len = mark; /* out of memory: that line is left out */
+	else
+		r->ntrace++;
+}
+
+/* The answer body of a traced run: {output = body, steps = [...]} for a
+ * result; an error body (a map) with "steps" added. NULL without memory
+ * (the caller answers without the trace then). */
+static tr_body *traced_body(const run *r, tr_body *body, int is_err)
+{
+	tr_buf b;
+	msgpack_packer pk;
+	uint32_t n = 0;
+	tr_body *out = NULL;
+	static const unsigned char empty_map[] = {0x80};
+	const unsigned char *p = body ? body->data : empty_map;
+	size_t len = body ? body->len : 1;
+
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	if (is_err) {
+		if (tr__mp_map_len(p, len, &n) != TR_OK)
+			goto done;
+		/* The error map's entries follow its header: re-head with n + 1. */
+		size_t hdr = p[0] >= 0x80 && p[0] <= 0x8f ? 1 : p[0] == 0xde ? 3 : 5;
+		if (msgpack_pack_map(&pk, n + 1) || tr__buf_append(&b, p + hdr, len - hdr))
+			goto done;
+	} else if (msgpack_pack_map(&pk, 2) || tr__mp_pack_cstr(&pk, "output") ||
+	           tr__buf_append(&b, p, len)) {
+		goto done;
+	}
+	if (tr__mp_pack_cstr(&pk, "steps") || msgpack_pack_array(&pk, r->ntrace) ||
+	    tr__buf_append(&b, r->trace.data, r->trace.len))
+		goto done;
+	out = tr_body_new(b.data, b.len);
+done:
+	tr_buf_free(&b);
+	return out;
+}
+
 /* ------------------------------------------------------------------ */
 /* answering a run                                                     */
 
@@ -392,7 +559,8 @@ static tr_body *error_body(const fiber *f, int cls, const char *message, uint64_
 	return body;
 }
 
-/* Sends the answer to `req`: a result (err TR_OK, body) or an error. */
+/* Sends the answer to `req`: a result (err TR_OK, body) or an error.
+ * Takes the body reference. */
 static void answer(tr_ctx *ctx, const tr_msg *req, int err, tr_body *body)
 {
 	tr_msg *m = tr_msg_new();
@@ -466,6 +634,7 @@ static run *run_new(engine *e)
 		return NULL;
 	}
 	memset(r, 0, offsetof(run, root_fiber));
+	tr_buf_init(&r->trace);
 	return r;
 }
 
@@ -491,6 +660,7 @@ static void run_free(engine *e, run *r)
 		f = next;
 	}
 	tr_msg_free(r->req);
+	tr_buf_free(&r->trace);
 	if (e->nfree_runs < RUN_POOL_MAX) {
 		r->next_free = e->free_runs;
 		e->free_runs = r;
@@ -526,8 +696,17 @@ static void run_release(engine *e, run *r)
 static void run_end(tr_ctx *ctx, engine *e, run *r, int err, tr_body *body)
 {
 	uint64_t us = (tr_now_ns() - r->t0) / 1000u;
+	void *p;
 	e->avg_run_us = e->avg_run_us ? (e->avg_run_us * 7 + us) / 8 : us;
 	STAT_ADD(e, err == TR_OK ? S_OK : S_FAILED, 1);
+	tr__map_del(&e->runs, r->req->corr, r->req->from, &p);
+	if (r->req->arg & TR_RUN_TRACE) {
+		tr_body *t = traced_body(r, body, err != TR_OK);
+		if (t != NULL) {
+			tr_body_unref(body);
+			body = t;
+		}
+	}
 	answer(ctx, r->req, err, body);
 	r->answered = 1;
 	cut_fibers(ctx, e, r, NULL);
@@ -591,8 +770,10 @@ static void fiber_end(tr_ctx *ctx, engine *e, fiber *f, int ok, int cls, int err
 
 static void fail(tr_ctx *ctx, engine *e, fiber *f, int cls, int err, const char *message)
 {
-	if (f->target != NULL)
-		tap(ctx, e, f, cls == C_TIMEOUT ? "timeout" : "error", cls);
+	if (f->target != NULL) {
+		notify(ctx, e, f, cls == C_TIMEOUT ? "timeout" : "error", cls);
+		step_done(e, f, 0, 0, f->st == F_COALESCED);
+	}
 	fiber_end(ctx, e, f, 0, cls, err, message);
 }
 
@@ -747,7 +928,8 @@ static void flight_done(tr_ctx *ctx, engine *e, fiber *leader, int ok, int cls, 
 		w->st = F_RUNNING;
 		if (ok) {
 			set_body(w, tr_body_ref(leader->body));
-			tap(ctx, e, w, "end", 0);
+			notify(ctx, e, w, "end", 0);
+			step_done(e, w, 1, 0, 1);
 			w->step = NULL;
 			advance(ctx, e, w);
 		} else {
@@ -1013,17 +1195,20 @@ static int call_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 	f->on_fallback = 0;
 	f->step_t0 = tr_now_ns();
 	f->ckey.len = 0;
-	tap(ctx, e, f, "start", 0);
+	f->inst = 0;
+	notify(ctx, e, f, "start", 0);
 	if (s->u.call.cache.on) {
 		tr_body *hit = cache_get(e, f, s);
 		if (hit != NULL) {
 			set_body(f, hit);
 			STAT_ADD(e, S_CACHE_HITS, 1);
-			tap(ctx, e, f, "end", 0);
+			notify(ctx, e, f, "end", 0);
+			step_done(e, f, 1, 1, 0);
 			f->step = NULL;
 			f->target = NULL;
 			return 1;
 		}
+		STAT_ADD(e, S_CACHE_MISSES, 1);
 	}
 	if (s->u.call.coalesce && flight_join(ctx, e, f))
 		return 0;
@@ -1056,12 +1241,21 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 
 	f->last_cls = cls;
 	f->last_err = err;
+	tr__map_ent *se = tr__map_get(&e->step_idx, (uint64_t)(uintptr_t)s, TR_REF_NONE);
+	step_slot *ss = se ? &e->stats->steps[(uintptr_t)se->ptr] : NULL;
+	if (cls == C_TIMEOUT) {
+		STAT_ADD(e, S_TIMEOUTS, 1);
+		if (ss)
+			SLOT_ADD(ss->timeouts, 1);
+	}
 	if (!f->on_fallback && (s->u.call.retry_on & cls) && f->attempts < 1 + s->u.call.retries) {
 		uint64_t d = backoff_us(e, s, f->attempts);
 		if (d + MIN_ATTEMPT_US < time_left_us(r)) {
 			uint64_t id;
-			tap(ctx, e, f, "retry", cls);
+			notify(ctx, e, f, "retry", cls);
 			STAT_ADD(e, S_RETRIES, 1);
+			if (ss)
+				SLOT_ADD(ss->retries, 1);
 			if (tr_timer_after(ctx, TAG_RETRY, (d + 999) / 1000, &id) == TR_OK &&
 			    tr__map_put(&e->timers, id, TR_REF_NONE, f) == TR_OK) {
 				f->st = F_BACKOFF;
@@ -1073,7 +1267,7 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 		}
 	}
 	if (!f->on_fallback && s->u.call.fallback != NULL && time_left_us(r) > MIN_ATTEMPT_US) {
-		tap(ctx, e, f, "error", cls);
+		notify(ctx, e, f, "error", cls);
 		f->on_fallback = 1;
 		f->target = s->u.call.fallback;
 		STAT_ADD(e, S_FALLBACKS, 1);
@@ -1115,7 +1309,7 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	timeout = s->u.call.timeout_us ? s->u.call.timeout_us : 1000000;
 	if (timeout > left)
 		timeout = left;
-	rc = resolve(e, f->target, &f->target_ref);
+	rc = resolve(e, f->target, &f->target_ref, &f->inst);
 	if (rc == TR_ENOMEM) {
 		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
 		return;
@@ -1198,7 +1392,8 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 	}
 	if (f->step->u.call.cache.on)
 		cache_put(e, f, f->step);
-	tap(ctx, e, f, "end", 0);
+	notify(ctx, e, f, "end", 0);
+	step_done(e, f, 1, 0, 0);
 	if (f->flight != NULL) {
 		run *r = f->r;
 		r->hold++;
@@ -1334,6 +1529,18 @@ static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
 	}
 	r->req = tr_take(ctx);
 	r->t0 = tr_now_ns();
+	if ((r->req->trace_hi | r->req->trace_lo) == 0) {
+		/* A fresh trace id for a run that came without one. */
+		r->req->trace_hi = xrand(e);
+		r->req->trace_lo = xrand(e);
+	}
+	if (tr__map_put(&e->runs, r->req->corr, r->req->from, r) != TR_OK) {
+		tr_body_unref(body);
+		r->answered = 1;
+		(void)tr_reply_error(ctx, r->req, TR_ENOMEM);
+		run_free(e, r);
+		return;
+	}
 	uint64_t span = e->spec->deadline_us ? e->spec->deadline_us : 30000000u;
 	uint64_t now_us = tr_wall_us();
 	if (m->deadline != 0 && m->deadline < now_us + span)
@@ -1353,6 +1560,21 @@ static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
 	f->stack[0] = (frame){&e->spec->steps, 0};
 	f->depth = 1;
 	advance(ctx, e, f);
+}
+
+/* TR_TAG_RUN_CANCEL from a run's asker: the run ends now, answered
+ * "cancelled"; everything it waits on is cut (late replies dropped). */
+static void on_cancel(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	tr__map_ent *ent = tr__map_get(&e->runs, m->corr, m->from);
+	if (ent == NULL)
+		return; /* finished already, or never ours */
+	run *r = ent->ptr;
+	if (r->answered)
+		return;
+	STAT_ADD(e, S_CANCELLED, 1);
+	run_end(ctx, e, r, TR_ECANCELED,
+	        error_body(NULL, C_CANCELLED, "cancelled by the requester", 0));
 }
 
 static void on_timer(tr_ctx *ctx, engine *e, tr_msg *m)
@@ -1416,6 +1638,38 @@ static int has_when(const tr_step_list *l)
 	return 0;
 }
 
+/* Counts the call steps of a list, nested ones too; with `e`, also
+ * numbers them (step_idx) and points their slots at them. */
+static size_t number_steps(engine *e, stats_slot *sl, const tr_step_list *l, size_t k)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		const tr_step *s = &l->v[i];
+		if (s->kind == TR_STEP_CALL) {
+			if (e != NULL) {
+				sl->steps[k].step = s;
+				(void)tr__map_put(&e->step_idx, (uint64_t)(uintptr_t)s, TR_REF_NONE,
+				                  (void *)(uintptr_t)k);
+			}
+			k++;
+		} else if (s->kind == TR_STEP_ROUTE) {
+			for (size_t j = 0; j < s->u.route.nbranches; j++)
+				k = number_steps(e, sl, &s->u.route.branches[j].steps, k);
+			k = number_steps(e, sl, &s->u.route.dflt, k);
+		} else if (s->kind == TR_STEP_PARALLEL) {
+			for (size_t j = 0; j < s->u.par.nbranches; j++)
+				k = number_steps(e, sl, &s->u.par.branches[j], k);
+		}
+	}
+	return k;
+}
+
+static void slot_free(stats_slot *s)
+{
+	if (s != NULL)
+		tr__free(s->steps);
+	tr__free(s);
+}
+
 static int engine_init(tr_ctx *ctx, void *st, const void *arg)
 {
 	engine *e = st;
@@ -1435,10 +1689,16 @@ static int engine_init(tr_ctx *ctx, void *st, const void *arg)
 			return rc;
 	}
 	stats_slot *s = tr__calloc(1, sizeof(*s));
-	if (s == NULL) {
+	size_t nsteps = number_steps(NULL, NULL, &e->spec->steps, 0);
+	if (s != NULL)
+		s->steps = tr__calloc(nsteps + 1, sizeof(*s->steps));
+	if (s == NULL || s->steps == NULL) {
+		slot_free(s);
 		tr_lua_state_free(e->L);
 		return TR_ENOMEM;
 	}
+	s->nsteps = nsteps;
+	number_steps(e, s, &e->spec->steps, 0);
 	s->node = e->node;
 	snprintf(s->name, sizeof(s->name), "%s%s", e->spec->name, e->suffix);
 	uv_once(&slots_once, slots_init);
@@ -1467,6 +1727,8 @@ static int engine_receive(tr_ctx *ctx, void *st, tr_msg *m)
 		on_writable(ctx, e, m);
 	else if (m->tag == TR_TAG_RUN)
 		on_run(ctx, e, m);
+	else if (m->tag == TR_TAG_RUN_CANCEL)
+		on_cancel(ctx, e, m);
 	else if (m->flags & TR_MSGF_ASK)
 		(void)tr_reply_error(ctx, m, TR_EINVAL);
 	return TR_OK;
@@ -1493,6 +1755,8 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 	}
 	tr__map_free(&e->calls);
 	tr__map_free(&e->timers);
+	tr__map_free(&e->runs);
+	tr__map_free(&e->step_idx);
 	tr__map_free(&e->parked);
 	tr__map_free(&e->flights); /* empty: every flight ended with its runs */
 	caches_free(e);
@@ -1508,7 +1772,7 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 			}
 		}
 		uv_mutex_unlock(&slots_mu);
-		tr__free(e->stats);
+		slot_free(e->stats);
 	}
 }
 
@@ -1536,6 +1800,37 @@ int tr_pipe_stats_get(tr_node *node, const char *name, tr_pipe_stats *out)
 			rc = TR_OK;
 			break;
 		}
+	}
+	uv_mutex_unlock(&slots_mu);
+	return rc;
+}
+
+int tr_pipe_step_stats_get(tr_node *node, const char *name, tr_pipe_step_stats *out, size_t cap,
+                           size_t *n)
+{
+	int rc = TR_ENOTFOUND;
+	uv_once(&slots_once, slots_init);
+	uv_mutex_lock(&slots_mu);
+	for (stats_slot *s = slots; s != NULL; s = s->next) {
+		if (s->node != node || strcmp(s->name, name) != 0)
+			continue;
+		*n = s->nsteps;
+		for (size_t i = 0; i < s->nsteps && i < cap; i++) {
+			const step_slot *ss = &s->steps[i];
+			tr_pipe_step_stats *o = &out[i];
+			o->step = ss->step->u.call.actor;
+			o->calls = atomic_load_explicit(&ss->calls, memory_order_relaxed);
+			o->ok = atomic_load_explicit(&ss->ok, memory_order_relaxed);
+			o->failed = atomic_load_explicit(&ss->failed, memory_order_relaxed);
+			o->retries = atomic_load_explicit(&ss->retries, memory_order_relaxed);
+			o->timeouts = atomic_load_explicit(&ss->timeouts, memory_order_relaxed);
+			o->cache_hits = atomic_load_explicit(&ss->cache_hits, memory_order_relaxed);
+			o->sum_us = atomic_load_explicit(&ss->sum_us, memory_order_relaxed);
+			for (int b = 0; b < TR_PIPE_NBUCKETS; b++)
+				o->buckets[b] = atomic_load_explicit(&ss->buckets[b], memory_order_relaxed);
+		}
+		rc = TR_OK;
+		break;
 	}
 	uv_mutex_unlock(&slots_mu);
 	return rc;

@@ -30,6 +30,41 @@
 
 #define TR_TAG_RUN 0x200u
 
+/*
+ * Run options, in the run ask's `arg` (bits; 0 = the plain protocol above).
+ *
+ * TR_RUN_TRACE: the answer carries the run's trace. A successful reply's
+ *   body is then the map {output = <final message map>, steps = [...]};
+ *   an error reply's body gets the same `steps` key added. Each entry of
+ *   steps is one call step as it ended, in completion order:
+ *   {step = <step's actor name as written>, actor = <actor that answered
+ *    last, e.g. "rag#1" or the fallback>, us = <duration in µs>,
+ *    attempts = n, cached = bool, coalesced = bool, ok = bool}.
+ *   Skipped steps (`when` false, other route branches) do not appear.
+ * TR_RUN_EVENTS: while the run goes, the engine also sends the asker one
+ *   message (tag TR_TAG_RUN_EVENT, corr = the run ask's corr) per step
+ *   event, flagged SYSTEM like the answer so that it arrives before it
+ *   (a failed send is counted in tr_pipe_stats.events_dropped), with the
+ *   body
+ *   {type = "step", event = "start"|"end"|"retry"|"timeout"|"error",
+ *    step = <name>, actor = <name>, attempt = n, us = <step time so far>}.
+ *   The run's one answer still comes as the ask's reply, after its last
+ *   event.
+ * Whatever the options, the reply's trace_hi/trace_lo are the run's trace
+ * id: the run ask's own if it had one (non-zero), else a fresh random one.
+ */
+#define TR_RUN_TRACE 0x1u
+#define TR_RUN_EVENTS 0x2u
+#define TR_TAG_RUN_EVENT 0x201u
+/*
+ * Cancel: a plain message (tag TR_TAG_RUN_CANCEL, corr = the run ask's
+ * corr) from the actor that asked. The run stops at once (its step calls
+ * are abandoned: late replies are dropped, timers cancelled) and its ask
+ * is answered with the error code "cancelled" -- still exactly one
+ * answer. Unknown or finished runs: ignored.
+ */
+#define TR_TAG_RUN_CANCEL 0x202u
+
 typedef struct tr_pipe_arg {
 	const tr_config *config;         /* outlives the engine */
 	const tr_pipeline_spec *spec;    /* points into config */
@@ -61,7 +96,39 @@ typedef struct tr_pipe_stats {
 	uint64_t parked;        /* times a run waited for a full mailbox */
 	uint64_t tap_sent;
 	uint64_t tap_dropped;   /* tap events lost to a full or dead tap */
+	uint64_t timeouts;      /* step attempts that timed out */
+	uint64_t cache_misses;  /* cached steps that had to call */
+	uint64_t cancelled;     /* runs ended by TR_TAG_RUN_CANCEL */
+	uint64_t events_dropped;/* TR_RUN_EVENTS messages lost to a full asker */
 } tr_pipe_stats;
+
+/*
+ * Per-step figures, for /metrics: one entry per call step of the
+ * pipeline (steps in route branches and parallel branches included), in
+ * the order of the file. Latency of each completed step (all attempts,
+ * backoff included; cache hits too) goes into a histogram with the fixed
+ * upper bounds TR_PIPE_BUCKETS_US (cumulative counts are built by the
+ * reader; the last bucket is +Inf).
+ */
+#define TR_PIPE_NBUCKETS 15
+extern const uint64_t TR_PIPE_BUCKETS_US[TR_PIPE_NBUCKETS - 1];
+typedef struct tr_pipe_step_stats {
+	const char *step;       /* the step's actor name as written (config-owned) */
+	uint64_t calls;         /* completed steps */
+	uint64_t ok;
+	uint64_t failed;
+	uint64_t retries;
+	uint64_t timeouts;      /* attempts that timed out */
+	uint64_t cache_hits;
+	uint64_t sum_us;        /* total latency */
+	uint64_t buckets[TR_PIPE_NBUCKETS]; /* not cumulative */
+} tr_pipe_step_stats;
+
+/* Fills up to `cap` entries of `out` for the engine of pipeline `name`
+ * (as for tr_pipe_stats_get) and sets *n to the number of call steps.
+ * Reads relaxed atomics: figures of one step may be a few events apart. */
+int tr_pipe_step_stats_get(tr_node *node, const char *name, tr_pipe_step_stats *out,
+                           size_t cap, size_t *n);
 
 /* Stats of the engine of pipeline `name` (with its generation suffix,
  * e.g. "assistant@2", when deployed by pipe/deploy.c) on `node`. */

@@ -406,6 +406,7 @@ int tr__spawn_on(tr_node *n, tr__worker *w, const tr_actor_ops *ops, const void 
 	a->batch = o.batch;
 	a->restarts = 0;
 	a->trap_exit = o.trap_exit;
+	a->pinned = opts != NULL && opts->pinned;
 	a->stopping = 0;
 	a->stop_reason = 0;
 	a->last_turn_cyc = 0;
@@ -523,16 +524,11 @@ static void spawn_fn(tr__worker *w, tr__ctl *c)
 	uv_mutex_unlock(&r->mu);
 }
 
-int tr_node_spawn(tr_node *n, const tr_actor_ops *ops, const void *arg, const tr_spawn_opts *opts,
-                  tr_ref *out)
+/* Spawns on worker `wi` from another thread: posts the request to that
+ * worker and waits for its init. */
+static int spawn_remote(tr_node *n, unsigned wi, const tr_actor_ops *ops, const void *arg,
+                        const tr_spawn_opts *opts, tr_ref *out)
 {
-	tr__worker *self = tr__tls_worker;
-	if (self != NULL && self->node == n)
-		return tr__spawn_on(n, self, ops, arg, opts, TR_REF_NONE, out);
-	if (!n->started)
-		return TR_ESTATE;
-	if (atomic_load(&n->stopping))
-		return TR_ESHUTDOWN;
 	spawn_req r;
 	memset(&r, 0, sizeof(r));
 	r.ctl.fn = spawn_fn;
@@ -542,7 +538,6 @@ int tr_node_spawn(tr_node *n, const tr_actor_ops *ops, const void *arg, const tr
 	r.opts = opts;
 	uv_mutex_init(&r.mu);
 	uv_cond_init(&r.cv);
-	unsigned wi = atomic_fetch_add_explicit(&n->rr, 1, memory_order_relaxed) % n->nworkers;
 	tr__post_ctl(&n->workers[wi], &r.ctl);
 	uv_mutex_lock(&r.mu);
 	while (!r.done)
@@ -553,6 +548,45 @@ int tr_node_spawn(tr_node *n, const tr_actor_ops *ops, const void *arg, const tr
 	if (r.rc == TR_OK && out != NULL)
 		*out = r.ref;
 	return r.rc;
+}
+
+int tr_node_spawn(tr_node *n, const tr_actor_ops *ops, const void *arg, const tr_spawn_opts *opts,
+                  tr_ref *out)
+{
+	tr__worker *self = tr__tls_worker;
+	if (self != NULL && self->node == n)
+		return tr__spawn_on(n, self, ops, arg, opts, TR_REF_NONE, out);
+	if (!n->started)
+		return TR_ESTATE;
+	if (atomic_load(&n->stopping))
+		return TR_ESHUTDOWN;
+	unsigned wi = atomic_fetch_add_explicit(&n->rr, 1, memory_order_relaxed) % n->nworkers;
+	return spawn_remote(n, wi, ops, arg, opts, out);
+}
+
+int tr__spawn_pinned(tr_node *n, unsigned wi, const tr_actor_ops *ops, const void *arg,
+                     const tr_spawn_opts *opts, tr_ref *out)
+{
+	tr_spawn_opts o;
+	if (opts != NULL)
+		o = *opts;
+	else
+		memset(&o, 0, sizeof(o));
+	o.pinned = 1;
+	if (!n->started)
+		return TR_ESTATE;
+	if (wi >= n->nworkers)
+		return TR_EINVAL;
+	if (atomic_load(&n->stopping))
+		return TR_ESHUTDOWN;
+	tr__worker *self = tr__tls_worker;
+	if (self == &n->workers[wi])
+		return tr__spawn_on(n, self, ops, arg, &o, TR_REF_NONE, out);
+	/* Another worker would block on the wait below while the target may
+	 * be blocked on it: only the worker itself or a non-worker thread. */
+	if (self != NULL)
+		return TR_ESTATE;
+	return spawn_remote(n, wi, ops, arg, &o, out);
 }
 
 void tr__stop_all(tr_node *n, tr__worker *w)

@@ -17,6 +17,8 @@
 /* A turn at least this long (CPU) makes an actor worth migrating: about
  * one cross-core wake-up on the 2-vCPU machines (see sched.h). */
 #define MIGRATE_MIN_US 20
+/* A batch of turns that ran this long gives libuv a poll (worker.c). */
+#define POLL_BUDGET_US 2000
 
 /* ------------------------------------------------------------------ */
 /* clock                                                                */
@@ -199,6 +201,7 @@ int tr_node_new(const tr_node_opts *opts, tr_node **out)
 	}
 	tr__clock_calibrate();
 	n->migrate_min_cyc = tr__ns_to_cycles(MIGRATE_MIN_US * 1000u);
+	n->poll_cyc = tr__ns_to_cycles(POLL_BUDGET_US * 1000u);
 	*out = n;
 	return TR_OK;
 

@@ -203,6 +203,7 @@ typedef struct tr_actor {
 	uint32_t restarts;
 	uint8_t trap_exit;
 	uint8_t stopping;
+	uint8_t pinned;    /* tr_spawn_opts.pinned: never migrated */
 	int32_t stop_reason;
 	/* Cycles of the shorter of its last two turns (saturating). The
 	 * cycle counter is wall time: one turn can look long because the
@@ -296,6 +297,7 @@ struct tr_node {
 	uint8_t migrate;
 	uint32_t spin_us;
 	uint64_t migrate_min_cyc; /* a turn this long makes an actor worth moving */
+	uint64_t poll_cyc;        /* turns running this long end the batch: poll I/O (worker.c) */
 
 	/* Actor chunks: published with release, read with acquire. */
 	_Atomic(tr_actor *) chunks[TR_MAX_CHUNKS];
@@ -380,6 +382,27 @@ tr__actor_ext *tr__ext(tr_actor *a);
 void tr__run_turn(tr__worker *w, tr_actor *a);
 int tr__spawn_on(tr_node *n, tr__worker *w, const tr_actor_ops *ops, const void *arg,
                  const tr_spawn_opts *opts, tr_ref link_to, tr_ref *out);
+/*
+ * I/O actors. tr__spawn_pinned spawns on worker `wi` with opts->pinned
+ * forced on (opts may be NULL), from that worker or a thread that is no
+ * worker (TR_ESTATE from another worker), blocking until init ran:
+ * the actor lives on that worker's loop for good, so it may own libuv
+ * handles there. Inside those handles' callbacks (which run on that
+ * worker, never during one of its turns) the actor may use a copy of the
+ * ctx its init got, as tr__io_ctx() makes it: sends, asks, replies and
+ * timers then work as from receive().
+ */
+int tr__spawn_pinned(tr_node *n, unsigned wi, const tr_actor_ops *ops, const void *arg,
+                     const tr_spawn_opts *opts, tr_ref *out);
+static inline uv_loop_t *tr__ctx_loop(const tr_ctx *ctx)
+{
+	return &ctx->w->loop;
+}
+static inline tr_ctx tr__io_ctx(const tr_ctx *init_ctx)
+{
+	tr_ctx c = {init_ctx->w, init_ctx->a, NULL, 0, 0, 0};
+	return c;
+}
 /* Stops every live actor (node shutdown). */
 void tr__stop_all(tr_node *n, tr__worker *w);
 

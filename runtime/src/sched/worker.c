@@ -3,8 +3,12 @@
  *
  * The loop alternates between running actor turns from the local run
  * queue and letting libuv process I/O and timers. With work queued it
- * polls libuv without blocking every TURN_BUDGET turns; with none it
- * sleeps in epoll until its inbox, a timer or an I/O handle wakes it.
+ * polls libuv without blocking every TURN_BUDGET turns, or sooner once
+ * the batch has run POLL_BUDGET_US (a chain of long turns -- an actor
+ * that computes, replying to one that asks again -- would otherwise keep
+ * a client's bytes, its disconnect or a due timer waiting for the whole
+ * chain); with none it sleeps in epoll until its inbox, a timer or an
+ * I/O handle wakes it.
  *
  * Waking. Another thread that makes an actor runnable here appends it to
  * the inbox under in_lock. It calls uv_async_send only when the inbox went
@@ -156,7 +160,7 @@ static void drain_inbox(tr__worker *w)
  * message it sent to others (self-sends excluded). */
 static inline int worth_moving(const tr_node *n, const tr_actor *a)
 {
-	return a->last_turn_cyc >= n->migrate_min_cyc &&
+	return !a->pinned && a->last_turn_cyc >= n->migrate_min_cyc &&
 	       a->last_turn_cyc / (a->last_turn_sends + 1u) >= n->migrate_min_cyc / 4;
 }
 
@@ -280,9 +284,12 @@ void tr__worker_main(void *arg)
 		}
 		unsigned turns = 0;
 		tr_actor *a;
+		uint64_t batch0 = tr__cycles();
 		while (turns < TURN_BUDGET && (a = rq_pop(w)) != NULL) {
 			tr__run_turn(w, a);
 			turns++;
+			if (tr__cycles() - batch0 > n->poll_cyc)
+				break;
 			if (n->migrate && (turns & 15) == 0)
 				maybe_migrate(w);
 		}

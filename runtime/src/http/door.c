@@ -1,0 +1,1543 @@
+/*
+ * http/door.c -- listeners, connections, request parsing, pipeline calls
+ * and responses. See door.h for the design; api.c has the read-only
+ * endpoints.
+ *
+ * A connection's life: READ (bytes of a request arriving; the header
+ * timer runs from its first byte) -> a complete request is either
+ * answered at once (GET endpoints, errors) or DISPATCHED to a pipeline
+ * (no timer: the run has its own deadline) -> the answer is written ->
+ * IDLE (the keep-alive timer runs) -> READ ... Closing is one path
+ * (conn_close): stop both handles, free in the second close callback
+ * (libuv runs close callbacks in no promised order: count them).
+ *
+ * While a run is in flight the connection keeps reading, so that a
+ * client that goes away is seen at once (its run is cancelled); bytes of
+ * a pipelined next request are kept, bounded, and parsed after the
+ * answer.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+#include <msgpack.h>
+
+#include "http/door_int.h"
+#include "http/json.h"
+#include "lua/tlua.h"
+#include "msg/msg_int.h"
+#include "pipe/engine.h"
+#include "pipe/mp.h"
+
+#define DOOR_TAG_DRAIN 0x300u
+
+enum { ST_IDLE, ST_READ, ST_DISPATCHED, ST_LINGER, ST_CLOSING };
+enum { MODE_JSON, MODE_NDJSON, MODE_SSE };
+
+typedef struct dstate dstate;
+
+typedef struct conn {
+	uv_tcp_t tcp;
+	uv_timer_t timer;
+	dstate *ds;            /* NULL once the door is gone (terminate) */
+	struct conn *prev, *next;
+	int closes;            /* close callbacks still to come */
+	int writes;            /* writes in flight */
+	uint8_t st;
+	uint8_t close_after;   /* close once the writes are done */
+	uint8_t linger;        /* ...after a lingering close (see conn_done) */
+	uint8_t paused;        /* parser paused at a request boundary */
+	uint8_t mode;          /* of the run in flight */
+	uint8_t streaming;     /* stream headers sent */
+	http_parser parser;
+	/* the request being parsed */
+	size_t hbytes;         /* request line + headers so far */
+	int err_status;        /* set by a callback that stops the parser */
+	const char *err_code;
+	tr_buf url;
+	tr_buf body;
+	tr_buf hname, hval;    /* the header pair being read */
+	uint8_t in_value;
+	uint8_t expect_continue;
+	uint8_t accept;        /* MODE_* from Accept */
+	char auth[160];        /* bearer token or X-API-Key (truncated: then invalid) */
+	size_t auth_len;
+	uint8_t auth_bad;      /* key longer than auth[] */
+	char traceparent[64];
+	/* pipelined bytes that arrived while a request was in flight */
+	tr_buf pending;
+	/* the run in flight */
+	uint64_t corr;
+	tr_ref engine;
+	uint64_t t0_ns;
+	uint64_t trace_hi, trace_lo;
+	char pipeline[64];
+	int route;
+	int tenant;            /* auth table index, or -1 */
+	char tenant_name[64];
+} conn;
+
+struct dstate {
+	tr_door *d;
+	unsigned idx;
+	tr_ctx io;              /* ctx for the libuv callbacks (sched.h) */
+	uv_tcp_t *listener;     /* heap: freed in its close callback */
+	conn *conns;            /* all open connections */
+	tr__map runs;           /* corr -> conn*: runs in flight */
+	uint8_t draining;
+};
+
+const char *const tr__door_route_names[R__N] = {
+	"/", "/health", "/ready", "/metrics", "/v1/actors", "/v1/pipelines",
+	"/v1/pipelines/{name}", "/v1/traces", "other"};
+const int tr__door_statuses[DOOR_NSTATUS] = {200, 400, 401, 403, 404, 405, 408, 411, 413,
+                                             415, 422, 429, 431, 500, 502, 503, 504, 505};
+
+int tr__door_status_index(int status)
+{
+	for (int i = 0; i < DOOR_NSTATUS; i++)
+		if (tr__door_statuses[i] == status)
+			return i;
+	return 13; /* 500 */
+}
+
+static const char *reason(int status)
+{
+	switch (status) {
+	case 100: return "Continue";
+	case 200: return "OK";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 411: return "Length Required";
+	case 413: return "Content Too Large";
+	case 415: return "Unsupported Media Type";
+	case 422: return "Unprocessable Content";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	case 505: return "HTTP Version Not Supported";
+	default: return "Internal Server Error";
+	}
+}
+
+static void count(dstate *ds, int route, int status)
+{
+	_Atomic uint64_t *c = &ds->d->counts[ds->idx][route][tr__door_status_index(status)];
+	/* single writer (this door): load + store, no RMW needed */
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+	                      memory_order_relaxed);
+}
+
+/* ---- responses -------------------------------------------------------- */
+
+void tr__door_error(door_resp *r, int status, const char *code, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	tr__door_json(r, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+}
+
+void tr__door_json(door_resp *r, int status, json_t *j)
+{
+	r->status = status;
+	r->ctype = "application/json";
+	r->body.len = 0;
+	if (j == NULL) {
+		r->status = 500;
+		tr__buf_append(&r->body, "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}", 56);
+		return;
+	}
+	size_t n = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	if (n > 0 && tr__buf_reserve(&r->body, n + 1) == TR_OK)
+		r->body.len = json_dumpb(j, (char *)r->body.data, n, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	tr__buf_append(&r->body, "\n", 1);
+	json_decref(j);
+}
+
+typedef struct wreq {
+	uv_write_t req;
+	conn *c;
+	tr_buf buf; /* owned: freed when the write is done */
+} wreq;
+
+static void conn_close(conn *c);
+
+static void linger_timer_cb(uv_timer_t *t)
+{
+	conn_close(t->data);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+	conn *c = req->data;
+	tr__free(req);
+	/* ECANCELED: conn_close ran meanwhile (c lives until its close
+	 * callbacks, which come after this one). */
+	if (status < 0 && c->st != ST_CLOSING)
+		conn_close(c);
+}
+
+/*
+ * The connection is done (answered, closing). After an error sent while
+ * the client may still be sending (a body too large, bad framing), a
+ * plain close would make the kernel answer the unread bytes with a reset,
+ * which can destroy our response before the client reads it. So linger:
+ * shut down our side, discard what still comes, close at the client's
+ * EOF or after 2 s.
+ */
+static void conn_done(conn *c)
+{
+	uv_shutdown_t *req;
+	if (!c->linger || c->st == ST_CLOSING || c->st == ST_LINGER) {
+		if (c->st != ST_LINGER)
+			conn_close(c);
+		return;
+	}
+	c->st = ST_LINGER;
+	req = tr__malloc(sizeof(*req));
+	if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_cb) != 0) {
+		tr__free(req);
+		conn_close(c);
+		return;
+	}
+	req->data = c;
+	uv_timer_start(&c->timer, linger_timer_cb, 2000, 0);
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+	wreq *w = (wreq *)req;
+	conn *c = w->c;
+	tr_buf_free(&w->buf);
+	tr__free(w);
+	c->writes--;
+	if (status < 0 && c->st != ST_CLOSING) {
+		c->close_after = 1;
+		c->linger = 0; /* nothing more will reach the client anyway */
+	}
+	if (c->close_after && c->writes == 0)
+		conn_done(c);
+}
+
+/* Queues buf (taken; it is reset to empty) for writing. */
+static void conn_write(conn *c, tr_buf *buf)
+{
+	wreq *w;
+	uv_buf_t b;
+	if (c->st == ST_CLOSING || buf->len == 0) {
+		tr_buf_free(buf);
+		tr_buf_init(buf);
+		return;
+	}
+	w = tr__malloc(sizeof(*w));
+	if (w == NULL) {
+		tr_buf_free(buf);
+		tr_buf_init(buf);
+		conn_close(c);
+		return;
+	}
+	w->c = c;
+	w->buf = *buf;
+	tr_buf_init(buf);
+	b = uv_buf_init((char *)w->buf.data, (unsigned)w->buf.len);
+	if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_cb) != 0) {
+		tr_buf_free(&w->buf);
+		tr__free(w);
+		conn_close(c);
+		return;
+	}
+	c->writes++;
+}
+
+static int keep_alive(conn *c)
+{
+	return !c->close_after && c->ds != NULL && !c->ds->draining &&
+	       http_should_keep_alive(&c->parser);
+}
+
+static void buf_printf(tr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_printf(tr_buf *b, const char *fmt, ...)
+{
+	char tmp[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		tr__buf_append(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void idle_timer_cb(uv_timer_t *t);
+static void resume(conn *c);
+
+/* Writes a whole response and moves the connection on (idle or closed). */
+static void send_resp(conn *c, door_resp *r)
+{
+	tr_buf out;
+	int ka = keep_alive(c) && r->status < 500 && r->status != 408 && r->status != 413 &&
+	         r->status != 431 && r->status != 400;
+	/* 503 from overload keeps the connection: the client may retry on it. */
+	if (r->status == 503 || r->status == 502 || r->status == 504)
+		ka = keep_alive(c);
+	tr_buf_init(&out);
+	buf_printf(&out,
+	           "HTTP/1.1 %d %s\r\nServer: troupe\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+	           r->status, reason(r->status), r->ctype ? r->ctype : "application/json",
+	           r->body.len, r->extra, ka ? "" : "Connection: close\r\n");
+	if (!r->head)
+		tr__buf_append(&out, r->body.data, r->body.len);
+	if (c->ds != NULL)
+		count(c->ds, c->route, r->status);
+	conn_write(c, &out);
+	if (!ka) {
+		c->close_after = 1;
+		if (c->writes == 0)
+			conn_done(c);
+		return;
+	}
+	c->st = ST_IDLE;
+	uv_timer_start(&c->timer, idle_timer_cb, c->ds->d->o.idle_timeout_ms, 0);
+	resume(c);
+}
+
+/* An error that ends the connection (the request could not be read). */
+static void fail_conn(conn *c, int status, const char *code, const char *msg)
+{
+	door_resp r;
+	memset(&r, 0, sizeof(r));
+	tr_buf_init(&r.body);
+	tr__door_error(&r, status, code, "%s", msg);
+	c->close_after = 1;
+	/* Unread request bytes may follow: linger (a slow client, 408, has
+	 * none worth waiting for). */
+	c->linger = status != 408;
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
+}
+
+/* ---- connection lifecycle ------------------------------------------ */
+
+static void reset_request(conn *c)
+{
+	c->hbytes = 0;
+	c->err_status = 0;
+	c->err_code = NULL;
+	c->url.len = 0;
+	c->body.len = 0;
+	c->hname.len = 0;
+	c->hval.len = 0;
+	c->in_value = 0;
+	c->expect_continue = 0;
+	c->accept = MODE_JSON;
+	c->auth_len = 0;
+	c->auth_bad = 0;
+	c->traceparent[0] = '\0';
+	c->route = R_OTHER;
+	c->tenant = -1;
+	c->tenant_name[0] = '\0';
+}
+
+static void close_cb(uv_handle_t *h)
+{
+	conn *c = h->data;
+	if (--c->closes > 0)
+		return;
+	tr_buf_free(&c->url);
+	tr_buf_free(&c->body);
+	tr_buf_free(&c->hname);
+	tr_buf_free(&c->hval);
+	tr_buf_free(&c->pending);
+	tr__free(c);
+}
+
+static void send_cancel(conn *c)
+{
+	if (c->ds == NULL || c->corr == 0)
+		return;
+	tr__map_del(&c->ds->runs, c->corr, TR_REF_NONE, NULL);
+	tr_msg *m = tr_msg_new();
+	if (m != NULL) {
+		m->tag = TR_TAG_RUN_CANCEL;
+		m->corr = c->corr;
+		tr_send(&c->ds->io, c->engine, m);
+	}
+	atomic_fetch_sub_explicit(&c->ds->d->inflight, 1, memory_order_relaxed);
+	c->corr = 0;
+}
+
+static void conn_close(conn *c)
+{
+	if (c->st == ST_CLOSING)
+		return;
+	if (c->st == ST_DISPATCHED)
+		send_cancel(c);
+	c->st = ST_CLOSING;
+	if (c->ds != NULL) {
+		if (c->prev)
+			c->prev->next = c->next;
+		else
+			c->ds->conns = c->next;
+		if (c->next)
+			c->next->prev = c->prev;
+		atomic_fetch_sub_explicit(&c->ds->d->conns, 1, memory_order_relaxed);
+	}
+	c->closes = 2;
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->timer, close_cb);
+	uv_close((uv_handle_t *)&c->tcp, close_cb);
+}
+
+static void idle_timer_cb(uv_timer_t *t)
+{
+	conn_close(t->data);
+}
+
+static void header_timer_cb(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (c->st == ST_READ && c->hbytes + c->body.len > 0) {
+		fail_conn(c, 408, "timeout", "the request did not arrive in time");
+		return;
+	}
+	conn_close(c);
+}
+
+/* ---- parsing ---------------------------------------------------------- */
+
+static int lower_eq(const tr_buf *b, const char *s)
+{
+	size_t n = strlen(s);
+	if (b->len != n)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = (char)b->data[i];
+		if (ch >= 'A' && ch <= 'Z')
+			ch = (char)(ch - 'A' + 'a');
+		if (ch != s[i])
+			return 0;
+	}
+	return 1;
+}
+
+static int has_token(const tr_buf *v, const char *tok)
+{
+	size_t n = strlen(tok);
+	for (size_t i = 0; i + n <= v->len; i++)
+		if (strncasecmp((const char *)v->data + i, tok, n) == 0)
+			return 1;
+	return 0;
+}
+
+/* A complete header pair: keep what the door needs. */
+static void header_done(conn *c)
+{
+	tr_buf *v = &c->hval;
+	if (c->hname.len == 0)
+		return;
+	if (lower_eq(&c->hname, "accept")) {
+		if (has_token(v, "application/x-ndjson"))
+			c->accept = MODE_NDJSON;
+		else if (has_token(v, "text/event-stream"))
+			c->accept = MODE_SSE;
+	} else if (lower_eq(&c->hname, "authorization") || lower_eq(&c->hname, "x-api-key")) {
+		const char *p = (const char *)v->data;
+		size_t n = v->len;
+		if (lower_eq(&c->hname, "authorization")) {
+			if (n >= 7 && strncasecmp(p, "Bearer ", 7) == 0) {
+				p += 7;
+				n -= 7;
+			} else {
+				c->auth_bad = 1; /* another scheme: not ours */
+			}
+		}
+		while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+			n--;
+		if (n >= sizeof(c->auth))
+			c->auth_bad = 1;
+		else {
+			memcpy(c->auth, p, n);
+			c->auth_len = n;
+		}
+	} else if (lower_eq(&c->hname, "expect")) {
+		c->expect_continue = has_token(v, "100-continue");
+	} else if (lower_eq(&c->hname, "traceparent") && v->len < sizeof(c->traceparent)) {
+		memcpy(c->traceparent, v->data, v->len);
+		c->traceparent[v->len] = '\0';
+	}
+	c->hname.len = 0;
+	c->hval.len = 0;
+}
+
+static conn *pconn(http_parser *p)
+{
+	return p->data;
+}
+
+static int add_header_bytes(conn *c, size_t n)
+{
+	c->hbytes += n;
+	if (c->hbytes > c->ds->d->o.max_header) {
+		c->err_status = 431;
+		c->err_code = "headers_too_large";
+		return -1;
+	}
+	return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+	conn *c = pconn(p);
+	reset_request(c);
+	c->st = ST_READ;
+	uv_timer_start(&c->timer, header_timer_cb, c->ds->d->o.header_timeout_ms, 0);
+	return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+	conn *c = pconn(p);
+	if (add_header_bytes(c, n) != 0)
+		return -1;
+	return tr__buf_append(&c->url, at, n) == TR_OK ? 0 : -1;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+	conn *c = pconn(p);
+	if (add_header_bytes(c, n) != 0)
+		return -1;
+	if (c->in_value) {
+		header_done(c);
+		c->in_value = 0;
+	}
+	return tr__buf_append(&c->hname, at, n) == TR_OK ? 0 : -1;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+	conn *c = pconn(p);
+	if (add_header_bytes(c, n) != 0)
+		return -1;
+	c->in_value = 1;
+	return tr__buf_append(&c->hval, at, n) == TR_OK ? 0 : -1;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+	conn *c = pconn(p);
+	header_done(c);
+	c->in_value = 0;
+	if (p->http_major != 1) {
+		c->err_status = 505;
+		c->err_code = "http_version";
+		return -1;
+	}
+	if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->ds->d->o.max_body) {
+		c->err_status = 413;
+		c->err_code = "body_too_large";
+		return -1;
+	}
+	if (c->expect_continue && p->http_minor >= 1) {
+		tr_buf b;
+		tr_buf_init(&b);
+		tr__buf_append(&b, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		conn_write(c, &b);
+	}
+	return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+	conn *c = pconn(p);
+	if (c->body.len + n > c->ds->d->o.max_body) {
+		c->err_status = 413;
+		c->err_code = "body_too_large";
+		return -1;
+	}
+	return tr__buf_append(&c->body, at, n) == TR_OK ? 0 : -1;
+}
+
+static void handle_request(conn *c);
+
+static int on_message_complete(http_parser *p)
+{
+	conn *c = pconn(p);
+	uv_timer_stop(&c->timer);
+	/* Stop at the request boundary: the next pipelined request is parsed
+	 * only once this one has been answered. */
+	http_parser_pause(p, 1);
+	c->paused = 1;
+	return 0;
+}
+
+static const http_parser_settings settings = {
+	.on_message_begin = on_message_begin,
+	.on_url = on_url,
+	.on_header_field = on_header_field,
+	.on_header_value = on_header_value,
+	.on_headers_complete = on_headers_complete,
+	.on_body = on_body,
+	.on_message_complete = on_message_complete,
+};
+
+/* Feeds data to the parser; handles each complete request in turn. The
+ * bytes not consumed (after a request that is now in flight) are kept in
+ * c->pending. */
+static void feed(conn *c, const char *data, size_t len)
+{
+	while (len > 0 && c->st != ST_CLOSING && c->st != ST_DISPATCHED) {
+		size_t used = http_parser_execute(&c->parser, &settings, data, len);
+		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+		if (c->paused) {
+			c->paused = 0;
+			http_parser_pause(&c->parser, 0);
+			data += used;
+			len -= used;
+			handle_request(c);
+			continue;
+		}
+		if (e != HPE_OK) {
+			if (c->err_status != 0) {
+				const char *msg = c->err_status == 431 ? "request line and headers are too large"
+				                : c->err_status == 413 ? "request body is too large"
+				                : c->err_status == 505 ? "only HTTP/1.x is served"
+				                : "cannot read the request";
+				fail_conn(c, c->err_status, c->err_code, msg);
+			} else {
+				char msg[160];
+				snprintf(msg, sizeof(msg), "malformed HTTP: %s", http_errno_description(e));
+				fail_conn(c, 400, "bad_request", msg);
+			}
+			return;
+		}
+		data += used;
+		len -= used;
+	}
+	if (len > 0 && c->st == ST_DISPATCHED) {
+		/* Pipelined bytes while a run is in flight: keep a bounded
+		 * amount (one request's worth); past it, a client that does not
+		 * wait for answers is cut off. */
+		tr_door *d = c->ds->d;
+		if (c->pending.len + len > d->o.max_header + d->o.max_body) {
+			c->close_after = 1; /* answer this one, then close */
+			return;
+		}
+		tr__buf_append(&c->pending, data, len);
+	}
+}
+
+/* After an answer: parse what was pipelined meanwhile. */
+static void resume(conn *c)
+{
+	if (c->pending.len == 0 || c->st != ST_IDLE)
+		return;
+	tr_buf p = c->pending;
+	tr_buf_init(&c->pending);
+	feed(c, (const char *)p.data, p.len);
+	tr_buf_free(&p);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	(void)suggested;
+	(void)h;
+	/* A per-worker scratch buffer would save the malloc; reads are
+	 * handed to the parser synchronously and copied where kept. */
+	static _Thread_local char scratch[64 * 1024];
+	buf->base = scratch;
+	buf->len = sizeof(scratch);
+}
+
+static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+	conn *c = s->data;
+	if (n < 0) {
+		/* EOF or error: a run in flight is cancelled (conn_close). */
+		conn_close(c);
+		return;
+	}
+	if (n == 0 || c->st == ST_LINGER)
+		return; /* lingering: discard */
+	if (c->st == ST_IDLE)
+		uv_timer_stop(&c->timer);
+	feed(c, buf->base, (size_t)n);
+}
+
+/* ---- the pipeline call ------------------------------------------------ */
+
+static void hex128(uint64_t hi, uint64_t lo, char out[33])
+{
+	snprintf(out, 33, "%016llx%016llx", (unsigned long long)hi, (unsigned long long)lo);
+}
+
+static int parse_hex(const char *s, size_t n, uint64_t *v)
+{
+	*v = 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		unsigned d = ch >= '0' && ch <= '9' ? (unsigned)(ch - '0')
+		           : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10) : 99;
+		if (d > 15)
+			return -1;
+		*v = (*v << 4) | d;
+	}
+	return 0;
+}
+
+static uint64_t rnd64(void)
+{
+	static _Thread_local uint64_t s;
+	if (s == 0)
+		s = tr_now_ns() ^ ((uint64_t)(uintptr_t)&s << 17) ^ 0x9e3779b97f4a7c15ull;
+	/* xorshift64*: trace ids need spread, not secrecy */
+	s ^= s >> 12;
+	s ^= s << 25;
+	s ^= s >> 27;
+	return s * 2685821657736338717ull;
+}
+
+/* The trace id: the W3C traceparent's if valid, else a fresh one. */
+static void trace_id(conn *c)
+{
+	const char *t = c->traceparent;
+	if (strlen(t) >= 55 && t[0] == '0' && t[1] == '0' && t[2] == '-' && t[35] == '-' &&
+	    parse_hex(t + 3, 16, &c->trace_hi) == 0 && parse_hex(t + 19, 16, &c->trace_lo) == 0 &&
+	    (c->trace_hi | c->trace_lo) != 0)
+		return;
+	c->trace_hi = rnd64();
+	c->trace_lo = rnd64();
+}
+
+/* Validates the request body and builds the run's message map. */
+static int build_input(conn *c, door_conf *cf, door_resp *r, tr_buf *mp)
+{
+	json_error_t jerr;
+	json_t *root, *input, *v;
+	const char *k;
+
+	if (c->body.len == 0) {
+		tr__door_error(r, 400, "bad_request", "the body must be a JSON object with an \"input\" object");
+		return -1;
+	}
+	root = json_loadb((const char *)c->body.data, c->body.len, JSON_REJECT_DUPLICATES, &jerr);
+	if (root == NULL) {
+		tr__door_error(r, 400, "invalid_json", "malformed JSON at line %d, column %d: %s",
+		               jerr.line, jerr.column, jerr.text);
+		return -1;
+	}
+	if (!json_is_object(root)) {
+		json_decref(root);
+		tr__door_error(r, 400, "bad_request", "the body must be a JSON object");
+		return -1;
+	}
+	json_object_foreach(root, k, v) {
+		if (strcmp(k, "input") != 0 && strcmp(k, "session") != 0 && strcmp(k, "tenant") != 0) {
+			tr__door_error(r, 400, "bad_request",
+			               "unknown key '%s' (the body takes input, session, tenant)", k);
+			json_decref(root);
+			return -1;
+		}
+	}
+	input = json_object_get(root, "input");
+	if (!json_is_object(input)) {
+		tr__door_error(r, 400, "bad_request", "\"input\" must be a JSON object");
+		json_decref(root);
+		return -1;
+	}
+	json_t *session = json_object_get(root, "session");
+	json_t *tenant = json_object_get(root, "tenant");
+	if ((session && !json_is_string(session)) || (tenant && !json_is_string(tenant))) {
+		tr__door_error(r, 400, "bad_request", "\"session\" and \"tenant\" must be strings");
+		json_decref(root);
+		return -1;
+	}
+	if (tenant != NULL) {
+		const char *tn = json_string_value(tenant);
+		size_t tl = json_string_length(tenant);
+		if (c->tenant >= 0) {
+			/* An API key names its tenant: the body may repeat it,
+			 * never pick another one. */
+			if (strcmp(tn, c->tenant_name) != 0) {
+				tr__door_error(r, 403, "forbidden",
+				               "this API key belongs to tenant '%s', not '%s'",
+				               c->tenant_name, tn);
+				json_decref(root);
+				return -1;
+			}
+		} else if (tl == 0 || tl >= sizeof(c->tenant_name)) {
+			tr__door_error(r, 400, "bad_request", "\"tenant\" must be 1 to 63 bytes");
+			json_decref(root);
+			return -1;
+		} else {
+			memcpy(c->tenant_name, tn, tl + 1);
+		}
+	}
+	(void)cf;
+	/* The message: the input, with the door's facts on top (they win:
+	 * a client must not pose as another tenant to the steps). */
+	input = json_copy(input);
+	if (input == NULL) {
+		json_decref(root);
+		tr__door_error(r, 500, "internal", "out of memory");
+		return -1;
+	}
+	if (c->tenant_name[0])
+		json_object_set_new(input, "tenant", json_string(c->tenant_name));
+	if (session)
+		json_object_set(input, "session", session);
+	int rc = tr__json_to_mp(input, mp);
+	json_decref(input);
+	json_decref(root);
+	if (rc == TR_EPROTO) {
+		tr__door_error(r, 400, "bad_request", "\"input\" is nested too deep (at most %d levels)",
+		               TR_MP_MAX_DEPTH - 1);
+		return -1;
+	}
+	if (rc != TR_OK) {
+		tr__door_error(r, 500, "internal", "out of memory");
+		return -1;
+	}
+	if (mp->len > TR_MSG_MAX_WIRE / 2) {
+		tr__door_error(r, 413, "body_too_large", "\"input\" is too large");
+		return -1;
+	}
+	return 0;
+}
+
+static void dispatch(conn *c, const char *name, size_t nlen)
+{
+	dstate *ds = c->ds;
+	tr_door *d = ds->d;
+	door_resp r;
+	tr_buf mp;
+	char reg[96];
+	door_conf *cf = tr__door_conf_get(d);
+
+	memset(&r, 0, sizeof(r));
+	tr_buf_init(&r.body);
+	tr_buf_init(&mp);
+	c->route = R_RUN;
+	if (nlen == 0 || nlen >= sizeof(c->pipeline)) {
+		tr__door_error(&r, 404, "not_found", "no pipeline named '%.*s'", (int)nlen, name);
+		goto answer;
+	}
+	memcpy(c->pipeline, name, nlen);
+	c->pipeline[nlen] = '\0';
+
+	/* Auth, then rate: an unknown key is told 401 before anything else. */
+	if (cf != NULL && tr_auth_ntenants(cf->auth) > 0) {
+		if (c->auth_len == 0 && !c->auth_bad) {
+			tr__door_error(&r, 401, "unauthorized",
+			               "an API key is required (Authorization: Bearer KEY or X-API-Key)");
+			snprintf(r.extra, sizeof(r.extra), "WWW-Authenticate: Bearer\r\n");
+			goto answer;
+		}
+		c->tenant = c->auth_bad ? -1 : tr_auth_find(cf->auth, c->auth, c->auth_len);
+		if (c->tenant < 0) {
+			tr__door_error(&r, 401, "unauthorized", "invalid API key");
+			snprintf(r.extra, sizeof(r.extra), "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
+			goto answer;
+		}
+		snprintf(c->tenant_name, sizeof(c->tenant_name), "%s", tr_auth_tenant(cf->auth, c->tenant));
+		uint64_t wait_ms = 0;
+		if (!tr_auth_take(cf->auth, c->tenant, tr_now_ns(), &wait_ms)) {
+			tr__door_error(&r, 429, "rate_limited", "tenant '%s' is over its rate", c->tenant_name);
+			snprintf(r.extra, sizeof(r.extra), "Retry-After: %llu\r\n",
+			         (unsigned long long)((wait_ms + 999) / 1000 ? (wait_ms + 999) / 1000 : 1));
+			goto answer;
+		}
+	}
+	snprintf(reg, sizeof(reg), "pipeline:%s", c->pipeline);
+	if (tr_whereis(d->node, reg, &c->engine) != TR_OK) {
+		tr__door_error(&r, 404, "not_found", "no pipeline named '%s'", c->pipeline);
+		goto answer;
+	}
+	if (build_input(c, cf, &r, &mp) != 0)
+		goto answer;
+
+	tr_msg *m = tr_msg_new();
+	if (m == NULL) {
+		tr__door_error(&r, 500, "internal", "out of memory");
+		goto answer;
+	}
+	trace_id(c);
+	m->tag = TR_TAG_RUN;
+	m->arg = TR_RUN_TRACE | (c->accept != MODE_JSON ? TR_RUN_EVENTS : 0);
+	m->trace_hi = c->trace_hi;
+	m->trace_lo = c->trace_lo;
+	if (c->tenant_name[0]) {
+		uint32_t tid;
+		if (tr_tenant_intern(c->tenant_name, strlen(c->tenant_name), &tid) == TR_OK)
+			m->tenant = tid;
+	}
+	m->body = tr_body_new(mp.data, mp.len);
+	if (m->body == NULL) {
+		tr_msg_free(m);
+		tr__door_error(&r, 500, "internal", "out of memory");
+		goto answer;
+	}
+	int rc = tr_ask(&ds->io, c->engine, m, d->o.run_timeout_ms, &c->corr);
+	if (rc != TR_OK) {
+		/* Refused at the engine's mailbox: that is overload too. */
+		tr__door_error(&r, 503, "overload", "pipeline '%s' cannot take more runs now (%s)",
+		               c->pipeline, tr_strerror(rc));
+		snprintf(r.extra, sizeof(r.extra), "Retry-After: 1\r\n");
+		goto answer;
+	}
+	if (tr__map_put(&ds->runs, c->corr, TR_REF_NONE, c) != TR_OK) {
+		/* We would never find its answer: cancel it (it still answers,
+		 * to no one) and say so. */
+		tr_msg *x = tr_msg_new();
+		if (x != NULL) {
+			x->tag = TR_TAG_RUN_CANCEL;
+			x->corr = c->corr;
+			tr_send(&ds->io, c->engine, x);
+		}
+		c->corr = 0;
+		tr__door_error(&r, 500, "internal", "out of memory");
+		goto answer;
+	}
+	atomic_fetch_add_explicit(&d->inflight, 1, memory_order_relaxed);
+	c->mode = c->accept;
+	c->streaming = 0;
+	c->t0_ns = tr_now_ns();
+	c->st = ST_DISPATCHED;
+	tr__door_conf_put(cf);
+	tr_buf_free(&mp);
+	tr_buf_free(&r.body);
+	return;
+answer:
+	tr__door_conf_put(cf);
+	tr_buf_free(&mp);
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
+}
+
+/* ---- routing ---------------------------------------------------------- */
+
+static void handle_request(conn *c)
+{
+	door_resp r;
+	const char *u = (const char *)c->url.data;
+	size_t ulen = c->url.len, plen = 0;
+	int method = c->parser.method;
+	typedef void (*get_fn)(tr_door *, door_resp *);
+	static const struct {
+		const char *path;
+		int route;
+		get_fn fn;
+	} gets[] = {
+		{"/", R_ROOT, tr__api_status_page},       {"/health", R_HEALTH, tr__api_health},
+		{"/ready", R_READY, tr__api_ready},       {"/metrics", R_METRICS, tr__api_metrics},
+		{"/v1/actors", R_ACTORS, tr__api_actors}, {"/v1/pipelines", R_PIPELINES, tr__api_pipelines},
+		{"/v1/traces", R_TRACES, tr__api_traces},
+	};
+
+	while (plen < ulen && u[plen] != '?' && u[plen] != '#')
+		plen++;
+	memset(&r, 0, sizeof(r));
+	tr_buf_init(&r.body);
+	c->route = R_OTHER;
+	for (size_t i = 0; i < sizeof(gets) / sizeof(gets[0]); i++) {
+		if (strlen(gets[i].path) == plen && memcmp(gets[i].path, u, plen) == 0) {
+			c->route = gets[i].route;
+			if (method != HTTP_GET && method != HTTP_HEAD) {
+				tr__door_error(&r, 405, "method_not_allowed", "%s takes GET, not %s",
+				               gets[i].path, http_method_str((enum http_method)method));
+				snprintf(r.extra, sizeof(r.extra), "Allow: GET, HEAD\r\n");
+			} else {
+				gets[i].fn(c->ds->d, &r);
+				r.head = method == HTTP_HEAD; /* same headers, no body */
+			}
+			send_resp(c, &r);
+			tr_buf_free(&r.body);
+			return;
+		}
+	}
+	static const char pre[] = "/v1/pipelines/";
+	if (plen > sizeof(pre) - 1 && memcmp(u, pre, sizeof(pre) - 1) == 0) {
+		const char *name = u + sizeof(pre) - 1;
+		size_t nlen = plen - (sizeof(pre) - 1);
+		c->route = R_RUN;
+		if (method != HTTP_POST) {
+			tr__door_error(&r, 405, "method_not_allowed", "pipelines are run with POST, not %s",
+			               http_method_str((enum http_method)method));
+			snprintf(r.extra, sizeof(r.extra), "Allow: POST\r\n");
+			send_resp(c, &r);
+			tr_buf_free(&r.body);
+			return;
+		}
+		if (memchr(name, '/', nlen) != NULL) {
+			tr__door_error(&r, 404, "not_found", "no route for %.*s", (int)plen, u);
+			send_resp(c, &r);
+			tr_buf_free(&r.body);
+			return;
+		}
+		tr_buf_free(&r.body);
+		dispatch(c, name, nlen);
+		return;
+	}
+	tr__door_error(&r, 404, "not_found", "no route for %.*s", (int)(plen > 200 ? 200 : plen), u);
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
+}
+
+/* ---- answers from the engine ------------------------------------------ */
+
+static const char *err_code_of(int err)
+{
+	switch (err) {
+	case TR_ETIMEDOUT: return "timeout";
+	case TR_ECRASHED: return "crashed";
+	case TR_EFULL:
+	case TR_EREJECTED:
+	case TR_EDROPPED: return "overload";
+	default: return "error";
+	}
+}
+
+static int status_of(const char *code)
+{
+	if (strcmp(code, "overload") == 0)
+		return 503;
+	if (strcmp(code, "timeout") == 0 || strcmp(code, "deadline") == 0)
+		return 504;
+	if (strcmp(code, "invalid") == 0)
+		return 422;
+	return 502;
+}
+
+/* ms with µs precision, from an integer of µs */
+static json_t *ms_of_us(json_t *us)
+{
+	return json_real(json_is_integer(us) ? (double)json_integer_value(us) / 1000.0 : 0.0);
+}
+
+/* The answer's "steps", reshaped for clients: us -> ms. */
+static json_t *client_steps(json_t *steps)
+{
+	json_t *out = json_array();
+	size_t i;
+	json_t *s;
+	if (!json_is_array(steps))
+		return out;
+	json_array_foreach(steps, i, s) {
+		json_t *e = json_pack("{s:O?,s:O?,s:o,s:O?,s:O?}", "step", json_object_get(s, "step"),
+		                      "actor", json_object_get(s, "actor"), "ms",
+		                      ms_of_us(json_object_get(s, "us")), "attempts",
+		                      json_object_get(s, "attempts"), "cached",
+		                      json_object_get(s, "cached"));
+		if (e != NULL)
+			json_array_append_new(out, e);
+	}
+	return out;
+}
+
+static void stream_write(conn *c, json_t *ev)
+{
+	tr_buf b;
+	char *txt = json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	json_decref(ev);
+	if (txt == NULL)
+		return;
+	size_t n = strlen(txt);
+	tr_buf_init(&b);
+	if (!c->streaming) {
+		buf_printf(&b,
+		           "HTTP/1.1 200 OK\r\nServer: troupe\r\nContent-Type: %s\r\n"
+		           "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nX-Trace-Id: %016llx%016llx\r\n%s\r\n",
+		           c->mode == MODE_SSE ? "text/event-stream" : "application/x-ndjson",
+		           (unsigned long long)c->trace_hi, (unsigned long long)c->trace_lo,
+		           keep_alive(c) ? "" : "Connection: close\r\n");
+		c->streaming = 1;
+	}
+	/* One chunk per event: "data: {...}\n\n" for SSE, "{...}\n" NDJSON */
+	size_t framed = n + (c->mode == MODE_SSE ? 8 : 1);
+	buf_printf(&b, "%zx\r\n", framed);
+	if (c->mode == MODE_SSE)
+		tr__buf_append(&b, "data: ", 6);
+	tr__buf_append(&b, txt, n);
+	tr__buf_append(&b, c->mode == MODE_SSE ? "\n\n" : "\n", c->mode == MODE_SSE ? 2 : 1);
+	tr__buf_append(&b, "\r\n", 2);
+	free(txt);
+	conn_write(c, &b);
+}
+
+static void on_event(dstate *ds, tr_msg *m)
+{
+	tr__map_ent *e = tr__map_get(&ds->runs, m->corr, TR_REF_NONE);
+	if (e == NULL || m->body == NULL)
+		return;
+	conn *c = e->ptr;
+	json_t *ev = tr__mp_to_json(m->body->data, m->body->len);
+	if (ev == NULL || !json_is_object(ev)) {
+		json_decref(ev);
+		return;
+	}
+	json_object_set_new(ev, "ms", ms_of_us(json_object_get(ev, "us")));
+	json_object_del(ev, "us");
+	stream_write(c, ev);
+}
+
+static void record_trace(dstate *ds, conn *c, int ok, const char *code, json_t *steps,
+                         double ms)
+{
+	char tid[33];
+	hex128(c->trace_hi, c->trace_lo, tid);
+	json_t *t = json_pack("{s:s,s:s,s:b,s:s?,s:f,s:I,s:O?}", "trace_id", tid, "pipeline",
+	                      c->pipeline, "ok", ok, "code", code, "ms", ms, "ts_us",
+	                      (json_int_t)tr_wall_us(), "steps", steps);
+	if (t == NULL)
+		return;
+	char *txt = json_dumps(t, JSON_COMPACT);
+	json_decref(t);
+	if (txt != NULL)
+		tr__door_trace_add(ds->d, txt);
+}
+
+static void on_answer(dstate *ds, tr_msg *m)
+{
+	void *p = NULL;
+	if (!tr__map_del(&ds->runs, m->corr, TR_REF_NONE, &p))
+		return; /* its client went away: the run was cancelled */
+	conn *c = p;
+	door_resp r;
+	char tid[33];
+	int is_err = (m->flags & TR_MSGF_ERROR) != 0;
+	json_t *body = m->body ? tr__mp_to_json(m->body->data, m->body->len) : NULL;
+	double ms = (double)(tr_now_ns() - c->t0_ns) / 1e6;
+
+	atomic_fetch_sub_explicit(&ds->d->inflight, 1, memory_order_relaxed);
+	c->corr = 0;
+	hex128(c->trace_hi, c->trace_lo, tid);
+	memset(&r, 0, sizeof(r));
+	tr_buf_init(&r.body);
+	json_t *steps = client_steps(body ? json_object_get(body, "steps") : NULL);
+	if (!is_err) {
+		json_t *out = body ? json_object_get(body, "output") : NULL;
+		json_t *ans = json_pack("{s:O,s:s,s:O}", "output", out ? out : json_null(), "trace_id",
+		                        tid, "steps", steps);
+		record_trace(ds, c, 1, NULL, steps, ms);
+		if (c->mode != MODE_JSON) {
+			json_object_set_new(ans, "type", json_string("done"));
+			c->st = ST_IDLE; /* before the last chunk: keep_alive() reads it */
+			stream_write(c, ans);
+			goto end_stream;
+		}
+		tr__door_json(&r, 200, ans);
+	} else {
+		const char *code = body ? json_string_value(json_object_get(body, "code")) : NULL;
+		const char *msg = body ? json_string_value(json_object_get(body, "message")) : NULL;
+		char dflt[128];
+		if (code == NULL)
+			code = err_code_of(m->err);
+		if (msg == NULL) {
+			snprintf(dflt, sizeof(dflt), "pipeline '%s' failed: %s", c->pipeline,
+			         tr_strerror(m->err));
+			msg = dflt;
+		}
+		int status = status_of(code);
+		json_t *e = json_pack("{s:s,s:s}", "code", code, "message", msg);
+		json_t *v;
+		if (body && (v = json_object_get(body, "step")) != NULL)
+			json_object_set(e, "step", v);
+		if (body && (v = json_object_get(body, "attempts")) != NULL)
+			json_object_set(e, "attempts", v);
+		record_trace(ds, c, 0, code, steps, ms);
+		if (status == 503) {
+			json_int_t ra = body ? json_integer_value(json_object_get(body, "retry_after_ms")) : 0;
+			snprintf(r.extra, sizeof(r.extra), "Retry-After: %lld\r\n",
+			         (long long)(ra > 0 ? (ra + 999) / 1000 : 1));
+		}
+		json_t *ans = json_pack("{s:o,s:s,s:O}", "error", e, "trace_id", tid, "steps", steps);
+		if (c->mode != MODE_JSON && c->streaming) {
+			json_object_set_new(ans, "type", json_string("error"));
+			c->st = ST_IDLE;
+			stream_write(c, ans);
+			goto end_stream;
+		}
+		tr__door_json(&r, status, ans);
+	}
+	json_decref(steps);
+	json_decref(body);
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
+	return;
+end_stream:
+	json_decref(steps);
+	json_decref(body);
+	tr_buf_free(&r.body);
+	{
+		tr_buf b;
+		tr_buf_init(&b);
+		tr__buf_append(&b, "0\r\n\r\n", 5);
+		count(ds, c->route, 200);
+		int ka = keep_alive(c);
+		conn_write(c, &b);
+		if (!ka) {
+			c->close_after = 1;
+			if (c->writes == 0)
+				conn_close(c);
+			return;
+		}
+		c->st = ST_IDLE;
+		uv_timer_start(&c->timer, idle_timer_cb, ds->d->o.idle_timeout_ms, 0);
+		resume(c);
+	}
+}
+
+/* ---- accepting -------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *srv, int status)
+{
+	dstate *ds = srv->data;
+	tr_door *d = ds->d;
+	conn *c;
+	if (status < 0)
+		return;
+	c = tr__calloc(1, sizeof(*c));
+	if (c == NULL)
+		return; /* the kernel keeps it in the backlog; retried on the next */
+	uv_tcp_init(tr__ctx_loop(&ds->io), &c->tcp);
+	uv_timer_init(tr__ctx_loop(&ds->io), &c->timer);
+	c->tcp.data = c;
+	c->timer.data = c;
+	c->ds = ds;
+	tr_buf_init(&c->url);
+	tr_buf_init(&c->body);
+	tr_buf_init(&c->hname);
+	tr_buf_init(&c->hval);
+	tr_buf_init(&c->pending);
+	http_parser_init(&c->parser, HTTP_REQUEST);
+	c->parser.data = c;
+	c->st = ST_IDLE;
+	c->next = ds->conns;
+	if (ds->conns)
+		ds->conns->prev = c;
+	ds->conns = c;
+	atomic_fetch_add_explicit(&d->conns, 1, memory_order_relaxed);
+	if (uv_accept(srv, (uv_stream_t *)&c->tcp) != 0) {
+		conn_close(c);
+		return;
+	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	if (atomic_load_explicit(&d->conns, memory_order_relaxed) > d->o.max_connections) {
+		fail_conn(c, 503, "too_many_connections", "the node has too many open connections");
+		return;
+	}
+	uv_timer_start(&c->timer, idle_timer_cb, d->o.header_timeout_ms, 0);
+	uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
+static void listener_close_cb(uv_handle_t *h)
+{
+	tr__free(h);
+}
+
+static void stop_listening(dstate *ds)
+{
+	if (ds->listener != NULL) {
+		uv_close((uv_handle_t *)ds->listener, listener_close_cb);
+		ds->listener = NULL;
+	}
+}
+
+/* ---- the door actor --------------------------------------------------- */
+
+typedef struct door_arg {
+	tr_door *d;
+	unsigned idx;
+	char *err;
+	size_t errlen;
+} door_arg;
+
+static int door_init(tr_ctx *ctx, void *st, const void *argp)
+{
+	const door_arg *a = argp;
+	dstate *ds = st;
+	int fd, one = 1, rc;
+
+	ds->d = a->d;
+	ds->idx = a->idx;
+	ds->io = tr__io_ctx(ctx);
+	fd = socket(a->d->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto sys_err;
+	/* One socket per worker on the same port: the kernel balances new
+	 * connections over the workers' accept queues. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+	    bind(fd, (struct sockaddr *)&a->d->addr, a->d->addrlen) != 0)
+		goto sys_err;
+	ds->listener = tr__malloc(sizeof(*ds->listener));
+	if (ds->listener == NULL) {
+		close(fd);
+		snprintf(a->err, a->errlen, "out of memory");
+		return TR_ENOMEM;
+	}
+	uv_tcp_init(tr__ctx_loop(ctx), ds->listener);
+	ds->listener->data = ds;
+	if ((rc = uv_tcp_open(ds->listener, fd)) != 0 ||
+	    (rc = uv_listen((uv_stream_t *)ds->listener, 1024, on_connection)) != 0) {
+		snprintf(a->err, a->errlen, "cannot listen on %s: %s", a->d->o.listen, uv_strerror(rc));
+		stop_listening(ds);
+		return TR_EIO;
+	}
+	return TR_OK;
+sys_err:
+	snprintf(a->err, a->errlen, "cannot listen on %s: %s", a->d->o.listen, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return TR_EIO;
+}
+
+static void drain(dstate *ds)
+{
+	ds->draining = 1;
+	stop_listening(ds);
+	for (conn *c = ds->conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->st == ST_IDLE && c->writes == 0)
+			conn_close(c);
+		else
+			c->close_after = c->st == ST_IDLE; /* busy ones close after their answer */
+	}
+}
+
+static int door_receive(tr_ctx *ctx, void *st, tr_msg *m)
+{
+	dstate *ds = st;
+	(void)ctx;
+	if (m->flags & TR_MSGF_REPLY)
+		on_answer(ds, m);
+	else if (m->tag == TR_TAG_RUN_EVENT)
+		on_event(ds, m);
+	else if (m->tag == DOOR_TAG_DRAIN)
+		drain(ds);
+	return TR_OK;
+}
+
+static void door_terminate(tr_ctx *ctx, void *st, int reason)
+{
+	dstate *ds = st;
+	(void)ctx;
+	(void)reason;
+	stop_listening(ds);
+	/* The node is stopping: close every connection; their memory goes in
+	 * their close callbacks, which no longer touch this state. */
+	while (ds->conns != NULL) {
+		conn *c = ds->conns;
+		if (c->st == ST_DISPATCHED) {
+			atomic_fetch_sub_explicit(&ds->d->inflight, 1, memory_order_relaxed);
+			c->corr = 0;
+			c->st = ST_READ; /* no cancel: the engines are stopping too */
+		}
+		conn_close(c);
+		c->ds = NULL;
+	}
+	tr__map_free(&ds->runs);
+}
+
+static const tr_actor_ops door_ops = {
+	.name = "http",
+	.size = sizeof(dstate),
+	.init = door_init,
+	.receive = door_receive,
+	.terminate = door_terminate,
+	/* Replies and events of every run in flight come here: room for them
+	 * (replies are system messages and never dropped anyway). */
+	.options = {.mailbox = 65536, .overflow = TR_OVERFLOW_DROP_NEWEST},
+};
+
+/* ---- control ---------------------------------------------------------- */
+
+static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+	char host[128];
+	const char *colon, *port;
+	memset(ss, 0, sizeof(*ss));
+	if (s == NULL)
+		return -1;
+	if (s[0] == '[') {
+		const char *end = strchr(s, ']');
+		if (end == NULL || end[1] != ':' || (size_t)(end - s - 1) >= sizeof(host))
+			return -1;
+		memcpy(host, s + 1, (size_t)(end - s - 1));
+		host[end - s - 1] = '\0';
+		port = end + 2;
+	} else {
+		colon = strrchr(s, ':');
+		if (colon == NULL || (size_t)(colon - s) >= sizeof(host))
+			return -1;
+		memcpy(host, s, (size_t)(colon - s));
+		host[colon - s] = '\0';
+		port = colon + 1;
+	}
+	char *end;
+	long p = strtol(port, &end, 10);
+	if (*port == '\0' || *end != '\0' || p < 0 || p > 65535)
+		return -1;
+	if (host[0] == '\0')
+		snprintf(host, sizeof(host), "0.0.0.0");
+	if (uv_ip4_addr(host, (int)p, (struct sockaddr_in *)ss) == 0) {
+		*len = sizeof(struct sockaddr_in);
+		return 0;
+	}
+	if (uv_ip6_addr(host, (int)p, (struct sockaddr_in6 *)ss) == 0) {
+		*len = sizeof(struct sockaddr_in6);
+		return 0;
+	}
+	return -1;
+}
+
+int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err, size_t errlen)
+{
+	tr_door *d = tr__calloc(1, sizeof(*d));
+	int rc = TR_ENOMEM;
+
+	if (d == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return TR_ENOMEM;
+	}
+	d->node = node;
+	d->o = *o;
+	if (d->o.max_body == 0)
+		d->o.max_body = 1 << 20;
+	if (d->o.max_header == 0)
+		d->o.max_header = 16 << 10;
+	if (d->o.max_connections == 0)
+		d->o.max_connections = 10000;
+	if (d->o.header_timeout_ms == 0)
+		d->o.header_timeout_ms = 10000;
+	if (d->o.idle_timeout_ms == 0)
+		d->o.idle_timeout_ms = 60000;
+	if (d->o.run_timeout_ms == 0)
+		d->o.run_timeout_ms = 300000;
+	d->started_ns = tr_now_ns();
+	uv_mutex_init(&d->conf_mu);
+	uv_mutex_init(&d->ring_mu);
+	if (parse_addr(o->listen, &d->addr, &d->addrlen) != 0) {
+		snprintf(err, errlen, "http: '%s' is not an address (want host:port or [v6]:port)",
+		         o->listen ? o->listen : "");
+		rc = TR_EINVAL;
+		goto fail;
+	}
+	d->n = tr_node_threads(node);
+	d->refs = tr__calloc(d->n, sizeof(*d->refs));
+	d->counts = tr__calloc(d->n, sizeof(*d->counts));
+	if (d->refs == NULL || d->counts == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	for (unsigned i = 0; i < d->n; i++) {
+		char name[32];
+		door_arg a = {d, i, err, errlen};
+		tr_spawn_opts so;
+		memset(&so, 0, sizeof(so));
+		snprintf(name, sizeof(name), "http:%u", i);
+		so.name = name;
+		rc = tr__spawn_pinned(node, i, &door_ops, &a, &so, &d->refs[i]);
+		if (rc != TR_OK)
+			goto fail;
+	}
+	*out = d;
+	return TR_OK;
+fail:
+	/* Doors already up stop with the node; the caller stops it. */
+	*out = d; /* freed by tr_door_free after the node stopped */
+	return rc;
+}
+
+int tr_door_set_config(tr_door *d, const tr_config *cfg, unsigned gen)
+{
+	door_conf *c, *old;
+	uv_mutex_lock(&d->conf_mu);
+	old = d->conf;
+	if (old)
+		atomic_fetch_add_explicit(&old->refs, 1, memory_order_relaxed);
+	uv_mutex_unlock(&d->conf_mu);
+	int rc = tr__door_conf_new(cfg, gen, old, &c);
+	tr__door_conf_put(old);
+	if (rc != TR_OK)
+		return rc;
+	uv_mutex_lock(&d->conf_mu);
+	old = d->conf;
+	d->conf = c;
+	uv_mutex_unlock(&d->conf_mu);
+	tr__door_conf_put(old);
+	return TR_OK;
+}
+
+door_conf *tr__door_conf_get(tr_door *d)
+{
+	uv_mutex_lock(&d->conf_mu);
+	door_conf *c = d->conf;
+	/* relaxed: the mutex orders the publication and this increment */
+	if (c)
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	uv_mutex_unlock(&d->conf_mu);
+	return c;
+}
+
+void tr_door_drain(tr_door *d)
+{
+	atomic_store(&d->draining, 1);
+	for (unsigned i = 0; i < d->n; i++) {
+		tr_msg *m = tr_msg_new();
+		if (m == NULL)
+			continue;
+		m->tag = DOOR_TAG_DRAIN;
+		m->flags = TR_MSGF_SYSTEM;
+		tr_node_send(d->node, d->refs[i], m);
+	}
+}
+
+uint64_t tr_door_inflight(const tr_door *d)
+{
+	return atomic_load_explicit(&d->inflight, memory_order_relaxed);
+}
+
+uint32_t tr_door_connections(const tr_door *d)
+{
+	return atomic_load_explicit(&d->conns, memory_order_relaxed);
+}
+
+void tr__door_trace_add(tr_door *d, char *text)
+{
+	uv_mutex_lock(&d->ring_mu);
+	unsigned i = d->ring_next++ % DOOR_TRACES;
+	char *old = d->ring[i];
+	d->ring[i] = text;
+	uv_mutex_unlock(&d->ring_mu);
+	free(old);
+}
+
+void tr_door_free(tr_door *d)
+{
+	if (d == NULL)
+		return;
+	tr__door_conf_put(d->conf);
+	for (unsigned i = 0; i < DOOR_TRACES; i++)
+		free(d->ring[i]);
+	uv_mutex_destroy(&d->conf_mu);
+	uv_mutex_destroy(&d->ring_mu);
+	tr__free(d->refs);
+	tr__free(d->counts);
+	tr__free(d);
+}

@@ -1,0 +1,104 @@
+/*
+ * http/door_int.h -- what door.c (connections, requests, pipeline calls)
+ * and api.c (the read-only endpoints, configuration snapshots) share.
+ */
+#ifndef TR_HTTP_DOOR_INT_H
+#define TR_HTTP_DOOR_INT_H
+
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include <jansson.h>
+
+#include "http/auth.h"
+#include "http/door.h"
+#include "sched/sched.h"
+
+/* Routes, for the request counters (/metrics). */
+enum {
+	R_ROOT, R_HEALTH, R_READY, R_METRICS, R_ACTORS, R_PIPELINES, R_RUN, R_TRACES, R_OTHER,
+	R__N
+};
+extern const char *const tr__door_route_names[R__N];
+
+/* The status codes the door sends; counters are kept per (route, code). */
+#define DOOR_NSTATUS 18
+extern const int tr__door_statuses[DOOR_NSTATUS];
+int tr__door_status_index(int status);
+
+#define DOOR_TRACES 50 /* completed runs kept for /v1/traces and the status page */
+
+/*
+ * A published configuration. Immutable once published, refcounted: a
+ * request takes a reference (tr__door_conf_get) for as long as it reads
+ * it, so a reload never frees one under a reader.
+ */
+typedef struct door_conf {
+	atomic_uint refs;
+	unsigned gen;
+	tr_auth *auth;       /* owned */
+	json_t *pipelines;   /* owned: array of pipeline graphs; only read */
+	char **expect;       /* owned: registered names /ready wants alive */
+	size_t nexpect;
+	char **pipes;        /* owned: pipeline names with generation ("p@3"), for stats */
+	char **pipe_names;   /* owned: the same without it */
+	size_t npipes;
+} door_conf;
+
+struct tr_door {
+	tr_node *node;
+	tr_door_opts o;
+	unsigned n;               /* doors: one per worker */
+	tr_ref *refs;             /* owned */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	uv_mutex_t conf_mu;       /* guards `conf` (the pointer) */
+	door_conf *conf;          /* NULL until the first set_config */
+	/* Counters read by any thread. conns and inflight are changed by
+	 * every worker: relaxed RMWs (they order nothing; the control thread
+	 * polls them). */
+	atomic_uint conns;
+	atomic_ullong inflight;
+	atomic_int draining;      /* set once by the control thread */
+	uv_mutex_t ring_mu;       /* guards ring, ring_next */
+	char *ring[DOOR_TRACES];  /* owned JSON texts, oldest overwritten */
+	unsigned ring_next;
+	/* counts[door][route][status]: each door writes only its own row,
+	 * with a relaxed load + store (single writer); readers sum rows. */
+	_Atomic uint64_t (*counts)[R__N][DOOR_NSTATUS];
+	uint64_t started_ns;
+};
+
+door_conf *tr__door_conf_get(tr_door *d);
+void tr__door_conf_put(door_conf *c);
+/* Builds a snapshot of cfg for generation gen (prev: bucket hand-over). */
+int tr__door_conf_new(const tr_config *cfg, unsigned gen, const door_conf *prev,
+                      door_conf **out);
+
+/* A response being built by a handler. */
+typedef struct door_resp {
+	int status;
+	const char *ctype;        /* static */
+	tr_buf body;
+	char extra[128];          /* more header lines, each ending in \r\n */
+	uint8_t head;             /* HEAD: headers only */
+} door_resp;
+
+/* Sets status and a JSON error body {"error": {"code", "message"}}. */
+void tr__door_error(door_resp *r, int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Sets status and the JSON text of j (consumed). */
+void tr__door_json(door_resp *r, int status, json_t *j);
+
+/* api.c: the read-only endpoints. */
+void tr__api_health(tr_door *d, door_resp *r);
+void tr__api_ready(tr_door *d, door_resp *r);
+void tr__api_metrics(tr_door *d, door_resp *r);
+void tr__api_actors(tr_door *d, door_resp *r);
+void tr__api_pipelines(tr_door *d, door_resp *r);
+void tr__api_traces(tr_door *d, door_resp *r);
+void tr__api_status_page(tr_door *d, door_resp *r);
+/* Records one completed run for /v1/traces (text: owned JSON, taken). */
+void tr__door_trace_add(tr_door *d, char *text);
+
+#endif
