@@ -302,18 +302,6 @@ void tr__api_traces(tr_door *d, door_resp *r)
 
 /* ---- /metrics (Prometheus text format 0.0.4) --------------------------- */
 
-static void out(tr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void out(tr_buf *b, const char *fmt, ...)
-{
-	char tmp[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		tr__buf_append(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
 /* A label value with \, " and newline escaped (into a static-size buf). */
 static const char *esc(const char *s, char *buf, size_t n)
 {
@@ -358,7 +346,7 @@ static int metric_actor(void *ud, unsigned depth, const tr_actor_stats *s, int i
 	if (s->name[0] == '\0')
 		return 0; /* anonymous actors (clients, probes): no stable label */
 	uint64_t v[] = {s->depth, s->received, s->processed, s->dropped, s->rejected, s->restarts};
-	out(m->b, "%s{actor=\"%s\"} %llu\n", actor_metrics[m->field].name, esc(s->name, n, sizeof(n)),
+	tr__door_printf(m->b, "%s{actor=\"%s\"} %llu\n", actor_metrics[m->field].name, esc(s->name, n, sizeof(n)),
 	    (unsigned long long)v[m->field]);
 	return 0;
 }
@@ -374,20 +362,20 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	r->ctype = "text/plain; version=0.0.4; charset=utf-8";
 	b->len = 0;
 
-	out(b, "# HELP troupe_up Whether the node is serving.\n# TYPE troupe_up gauge\ntroupe_up 1\n");
-	out(b, "# HELP troupe_config_generation Generation of the configuration being served.\n"
+	tr__door_printf(b, "# HELP troupe_up Whether the node is serving.\n# TYPE troupe_up gauge\ntroupe_up 1\n");
+	tr__door_printf(b, "# HELP troupe_config_generation Generation of the configuration being served.\n"
 	       "# TYPE troupe_config_generation gauge\ntroupe_config_generation %u\n",
 	    c ? c->gen : 0);
 	tr_node_stats_get(d->node, &ns);
-	out(b, "# HELP troupe_node_actors Actors alive.\n# TYPE troupe_node_actors gauge\n"
+	tr__door_printf(b, "# HELP troupe_node_actors Actors alive.\n# TYPE troupe_node_actors gauge\n"
 	       "troupe_node_actors %llu\n", (unsigned long long)ns.actors);
-	out(b, "# HELP troupe_node_dead_letters_total Messages sent to dead actors.\n"
+	tr__door_printf(b, "# HELP troupe_node_dead_letters_total Messages sent to dead actors.\n"
 	       "# TYPE troupe_node_dead_letters_total counter\ntroupe_node_dead_letters_total %llu\n",
 	    (unsigned long long)ns.dead_letters);
 
 	for (int f = 0; f < (int)(sizeof(actor_metrics) / sizeof(actor_metrics[0])); f++) {
 		metrics_st m = {b, f};
-		out(b, "# HELP %s %s\n# TYPE %s %s\n", actor_metrics[f].name, actor_metrics[f].help,
+		tr__door_printf(b, "# HELP %s %s\n# TYPE %s %s\n", actor_metrics[f].name, actor_metrics[f].help,
 		    actor_metrics[f].name, actor_metrics[f].type);
 		tr_node_foreach(d->node, metric_actor, &m);
 	}
@@ -417,32 +405,32 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	int *have = tr__calloc(c ? c->npipes + 1 : 1, sizeof(int));
 	for (size_t i = 0; ps && have && c && i < c->npipes; i++)
 		have[i] = tr_pipe_stats_get(d->node, c->pipes[i], &ps[i]) == TR_OK;
-	out(b, "# HELP troupe_pipeline_runs_total Runs answered, by outcome.\n"
+	tr__door_printf(b, "# HELP troupe_pipeline_runs_total Runs answered, by outcome.\n"
 	       "# TYPE troupe_pipeline_runs_total counter\n");
 	for (size_t i = 0; ps && have && c && i < c->npipes; i++) {
 		if (!have[i])
 			continue;
 		const char *p = esc(c->pipe_names[i], l1, sizeof(l1));
-		out(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"ok\"} %llu\n", p,
+		tr__door_printf(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"ok\"} %llu\n", p,
 		    (unsigned long long)ps[i].ok);
-		out(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"error\"} %llu\n", p,
+		tr__door_printf(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"error\"} %llu\n", p,
 		    (unsigned long long)(ps[i].failed - ps[i].cancelled));
-		out(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"cancelled\"} %llu\n", p,
+		tr__door_printf(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"cancelled\"} %llu\n", p,
 		    (unsigned long long)ps[i].cancelled);
-		out(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"refused\"} %llu\n", p,
+		tr__door_printf(b, "troupe_pipeline_runs_total{pipeline=\"%s\",outcome=\"refused\"} %llu\n", p,
 		    (unsigned long long)ps[i].refused);
 	}
-	out(b, "# HELP troupe_pipeline_inflight Runs in flight.\n"
+	tr__door_printf(b, "# HELP troupe_pipeline_inflight Runs in flight.\n"
 	       "# TYPE troupe_pipeline_inflight gauge\n");
 	for (size_t i = 0; ps && have && c && i < c->npipes; i++)
 		if (have[i])
-			out(b, "troupe_pipeline_inflight{pipeline=\"%s\"} %llu\n",
+			tr__door_printf(b, "troupe_pipeline_inflight{pipeline=\"%s\"} %llu\n",
 			    esc(c->pipe_names[i], l1, sizeof(l1)), (unsigned long long)ps[i].inflight);
 	for (size_t k = 0; k < sizeof(pm) / sizeof(pm[0]); k++) {
-		out(b, "# HELP %s %s\n# TYPE %s counter\n", pm[k].name, pm[k].help, pm[k].name);
+		tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n", pm[k].name, pm[k].help, pm[k].name);
 		for (size_t i = 0; ps && have && c && i < c->npipes; i++)
 			if (have[i])
-				out(b, "%s{pipeline=\"%s\"} %llu\n", pm[k].name,
+				tr__door_printf(b, "%s{pipeline=\"%s\"} %llu\n", pm[k].name,
 				    esc(c->pipe_names[i], l1, sizeof(l1)),
 				    (unsigned long long)*(const uint64_t *)((const char *)&ps[i] + pm[k].off));
 	}
@@ -450,7 +438,7 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	tr__free(have);
 
 	/* per-step latency histograms */
-	out(b, "# HELP troupe_step_duration_seconds Time a step took (all attempts).\n"
+	tr__door_printf(b, "# HELP troupe_step_duration_seconds Time a step took (all attempts).\n"
 	       "# TYPE troupe_step_duration_seconds histogram\n");
 	tr_pipe_step_stats *ss = tr__calloc(64, sizeof(*ss));
 	for (size_t i = 0; ss && c && i < c->npipes; i++) {
@@ -464,22 +452,22 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 			for (int bk = 0; bk < TR_PIPE_NBUCKETS; bk++) {
 				cum += ss[k].buckets[bk];
 				if (bk < TR_PIPE_NBUCKETS - 1)
-					out(b, "troupe_step_duration_seconds_bucket{pipeline=\"%s\",step=\"%s\",le=\"%g\"} %llu\n",
+					tr__door_printf(b, "troupe_step_duration_seconds_bucket{pipeline=\"%s\",step=\"%s\",le=\"%g\"} %llu\n",
 					    p, s, (double)TR_PIPE_BUCKETS_US[bk] / 1e6, (unsigned long long)cum);
 				else
-					out(b, "troupe_step_duration_seconds_bucket{pipeline=\"%s\",step=\"%s\",le=\"+Inf\"} %llu\n",
+					tr__door_printf(b, "troupe_step_duration_seconds_bucket{pipeline=\"%s\",step=\"%s\",le=\"+Inf\"} %llu\n",
 					    p, s, (unsigned long long)cum);
 			}
-			out(b, "troupe_step_duration_seconds_sum{pipeline=\"%s\",step=\"%s\"} %.6f\n", p, s,
+			tr__door_printf(b, "troupe_step_duration_seconds_sum{pipeline=\"%s\",step=\"%s\"} %.6f\n", p, s,
 			    (double)ss[k].sum_us / 1e6);
-			out(b, "troupe_step_duration_seconds_count{pipeline=\"%s\",step=\"%s\"} %llu\n", p, s,
+			tr__door_printf(b, "troupe_step_duration_seconds_count{pipeline=\"%s\",step=\"%s\"} %llu\n", p, s,
 			    (unsigned long long)cum);
 		}
 	}
 	tr__free(ss);
 
 	/* HTTP */
-	out(b, "# HELP troupe_http_requests_total HTTP requests answered, by route and status.\n"
+	tr__door_printf(b, "# HELP troupe_http_requests_total HTTP requests answered, by route and status.\n"
 	       "# TYPE troupe_http_requests_total counter\n");
 	for (int rt = 0; rt < R__N; rt++) {
 		for (int si = 0; si < DOOR_NSTATUS; si++) {
@@ -487,14 +475,14 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 			for (unsigned w = 0; w < d->n; w++)
 				sum += atomic_load_explicit(&d->counts[w][rt][si], memory_order_relaxed);
 			if (sum > 0)
-				out(b, "troupe_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
+				tr__door_printf(b, "troupe_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
 				    tr__door_route_names[rt], tr__door_statuses[si], (unsigned long long)sum);
 		}
 	}
-	out(b, "# HELP troupe_http_connections Open HTTP connections.\n"
+	tr__door_printf(b, "# HELP troupe_http_connections Open HTTP connections.\n"
 	       "# TYPE troupe_http_connections gauge\ntroupe_http_connections %u\n",
 	    tr_door_connections(d));
-	out(b, "# HELP troupe_http_inflight Pipeline calls in flight from HTTP.\n"
+	tr__door_printf(b, "# HELP troupe_http_inflight Pipeline calls in flight from HTTP.\n"
 	       "# TYPE troupe_http_inflight gauge\ntroupe_http_inflight %llu\n",
 	    (unsigned long long)tr_door_inflight(d));
 	tr__door_conf_put(c);

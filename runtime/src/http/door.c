@@ -271,10 +271,9 @@ static int keep_alive(conn *c)
 	       http_should_keep_alive(&c->parser);
 }
 
-static void buf_printf(tr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void buf_printf(tr_buf *b, const char *fmt, ...)
+void tr__door_printf(tr_buf *b, const char *fmt, ...)
 {
-	char tmp[512];
+	char tmp[1024];
 	va_list ap;
 	va_start(ap, fmt);
 	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
@@ -286,6 +285,24 @@ static void buf_printf(tr_buf *b, const char *fmt, ...)
 static void idle_timer_cb(uv_timer_t *t);
 static void resume(conn *c);
 
+/* The last bytes of an answer (`out`, taken): count it, write them, then
+ * close (ka 0) or wait idle for the next request. */
+static void finish(conn *c, tr_buf *out, int status, int ka)
+{
+	if (c->ds != NULL)
+		count(c->ds, c->route, status);
+	conn_write(c, out);
+	if (!ka) {
+		c->close_after = 1;
+		if (c->writes == 0)
+			conn_done(c);
+		return;
+	}
+	c->st = ST_IDLE;
+	uv_timer_start(&c->timer, idle_timer_cb, c->ds->d->o.idle_timeout_ms, 0);
+	resume(c);
+}
+
 /* Writes a whole response and moves the connection on (idle or closed). */
 static void send_resp(conn *c, door_resp *r)
 {
@@ -296,24 +313,13 @@ static void send_resp(conn *c, door_resp *r)
 	if (r->status == 503 || r->status == 502 || r->status == 504)
 		ka = keep_alive(c);
 	tr_buf_init(&out);
-	buf_printf(&out,
+	tr__door_printf(&out,
 	           "HTTP/1.1 %d %s\r\nServer: troupe\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
 	           r->status, reason(r->status), r->ctype ? r->ctype : "application/json",
 	           r->body.len, r->extra, ka ? "" : "Connection: close\r\n");
 	if (!r->head)
 		tr__buf_append(&out, r->body.data, r->body.len);
-	if (c->ds != NULL)
-		count(c->ds, c->route, r->status);
-	conn_write(c, &out);
-	if (!ka) {
-		c->close_after = 1;
-		if (c->writes == 0)
-			conn_done(c);
-		return;
-	}
-	c->st = ST_IDLE;
-	uv_timer_start(&c->timer, idle_timer_cb, c->ds->d->o.idle_timeout_ms, 0);
-	resume(c);
+	finish(c, &out, r->status, ka);
 }
 
 /* An error that ends the connection (the request could not be read). */
@@ -1059,7 +1065,7 @@ static void stream_write(conn *c, json_t *ev)
 	size_t n = strlen(txt);
 	tr_buf_init(&b);
 	if (!c->streaming) {
-		buf_printf(&b,
+		tr__door_printf(&b,
 		           "HTTP/1.1 200 OK\r\nServer: troupe\r\nContent-Type: %s\r\n"
 		           "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nX-Trace-Id: %016llx%016llx\r\n%s\r\n",
 		           c->mode == MODE_SSE ? "text/event-stream" : "application/x-ndjson",
@@ -1069,7 +1075,7 @@ static void stream_write(conn *c, json_t *ev)
 	}
 	/* One chunk per event: "data: {...}\n\n" for SSE, "{...}\n" NDJSON */
 	size_t framed = n + (c->mode == MODE_SSE ? 8 : 1);
-	buf_printf(&b, "%zx\r\n", framed);
+	tr__door_printf(&b, "%zx\r\n", framed);
 	if (c->mode == MODE_SSE)
 		tr__buf_append(&b, "data: ", 6);
 	tr__buf_append(&b, txt, n);
@@ -1186,19 +1192,8 @@ end_stream:
 	{
 		tr_buf b;
 		tr_buf_init(&b);
-		tr__buf_append(&b, "0\r\n\r\n", 5);
-		count(ds, c->route, 200);
-		int ka = keep_alive(c);
-		conn_write(c, &b);
-		if (!ka) {
-			c->close_after = 1;
-			if (c->writes == 0)
-				conn_close(c);
-			return;
-		}
-		c->st = ST_IDLE;
-		uv_timer_start(&c->timer, idle_timer_cb, ds->d->o.idle_timeout_ms, 0);
-		resume(c);
+		tr__buf_append(&b, "0\r\n\r\n", 5); /* the last chunk */
+		finish(c, &b, 200, keep_alive(c));
 	}
 }
 

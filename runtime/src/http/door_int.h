@@ -87,6 +87,8 @@ typedef struct door_resp {
 /* Sets status and a JSON error body {"error": {"code", "message"}}. */
 void tr__door_error(door_resp *r, int status, const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/* Appends printf output to b (at most 1 KiB a call). */
+void tr__door_printf(tr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Sets status and the JSON text of j (consumed). */
 void tr__door_json(door_resp *r, int status, json_t *j);
 

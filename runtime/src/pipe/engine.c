@@ -423,7 +423,7 @@ static void event(tr_ctx *ctx, engine *e, const fiber *f, const char *ev)
 	          tr__mp_pack_cstr(&pk, "step") || tr__mp_pack_cstr(&pk, "event") ||
 	          tr__mp_pack_cstr(&pk, ev) || tr__mp_pack_cstr(&pk, "step") ||
 	          tr__mp_pack_cstr(&pk, f->step->u.call.actor) || tr__mp_pack_cstr(&pk, "actor") ||
-	          tr__mp_pack_cstr(&pk, actor) || tr__mp_pack_cstr(&pk, "attempt") ||
+	          tr__mp_pack_cstr(&pk, actor) || tr__mp_pack_cstr(&pk, "attempts") ||
 	          msgpack_pack_uint32(&pk, f->attempts) || tr__mp_pack_cstr(&pk, "us") ||
 	          msgpack_pack_uint64(&pk, (tr_now_ns() - f->step_t0) / 1000u);
 	tr_msg *m = bad ? NULL : tr_msg_new();

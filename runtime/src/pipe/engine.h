@@ -47,7 +47,7 @@
  *   (a failed send is counted in tr_pipe_stats.events_dropped), with the
  *   body
  *   {type = "step", event = "start"|"end"|"retry"|"timeout"|"error",
- *    step = <name>, actor = <name>, attempt = n, us = <step time so far>}.
+ *    step = <name>, actor = <name>, attempts = <made so far>, us = <step time so far>}.
  *   The run's one answer still comes as the ask's reply, after its last
  *   event.
  * Whatever the options, the reply's trace_hi/trace_lo are the run's trace
