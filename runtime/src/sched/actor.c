@@ -725,12 +725,20 @@ int tr_ask(tr_ctx *ctx, tr_ref to, tr_msg *m, uint64_t timeout_ms, uint64_t *cor
 	return TR_OK;
 }
 
+/* Bookkeeping of an answer (reply or error reply) to `req`. */
 static void settle_owed(tr_ctx *ctx, const tr_msg *req)
 {
 	if (ctx->a->own != NULL)
 		tr__map_del(&ctx->a->own->owed, req->corr, req->from, NULL);
 	if (req == ctx->cur)
 		ctx->replied = 1;
+	/* An answer is a message to another actor, as a tr_send is: the
+	 * migration cost rule (worker.c, worth_moving) must see it. Without
+	 * it a pipeline engine, whose turns are mostly replies, looked like
+	 * pure computation and was moved away from its step actors, so every
+	 * step crossed cores (bench/pipeline at 2 threads). */
+	if (req->from.idx != ctx->a->idx)
+		ctx->sends++;
 }
 
 int tr_reply(tr_ctx *ctx, const tr_msg *req, tr_msg *rep)
