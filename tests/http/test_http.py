@@ -149,6 +149,7 @@ pipeline "echo"  { step "shout" { timeout = "1s" }, step "count" {} }
 pipeline "fails" { step "boom" { retries = 1, backoff = { base = "1ms" } } }
 pipeline "slow"  { deadline = "10s", max_inflight = 2, step "slow" { timeout = "5s" },
   step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" } }
+pipeline "slower" { deadline = "20s", step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" } }
 pipeline "tight" { deadline = "20ms", step "slow" { timeout = "5s" }, step "slow" { timeout = "5s" },
   step "slow" { timeout = "5s" } }
 '''
@@ -513,6 +514,36 @@ def test_shutdown_and_reload():
     check("SIGTERM with runs in flight exits 0", rc == 0, rc)
     check("SIGTERM: every in-flight run answered 200", results == [200, 200], results)
     check("SIGTERM: drain logged", '"msg":"drained"' in n.logtext(), n.logtext()[-500:])
+
+    # A second signal during the drain exits at once (status 1): a run
+    # that would take seconds is not waited for.
+    n = Node(BASE, "g2.lua")
+    def long_run():
+        try:
+            c = n.conn(timeout=30)
+            c.request("POST", "/v1/pipelines/slower", body=json.dumps({"input": {"work": 15}}))
+            c.getresponse().read()
+        except Exception:
+            pass
+    ts = [threading.Thread(target=long_run) for _ in range(2)]
+    for x in ts:
+        x.start()
+    for _ in range(100):
+        if (n.metric("troupe_http_inflight") or 0) >= 1:
+            break
+        time.sleep(0.01)
+    t0 = time.time()
+    n.proc.send_signal(signal.SIGTERM)
+    n.wait_log('"msg":"draining"')
+    n.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = n.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    for x in ts:
+        x.join()
+    check("a second SIGTERM during the drain exits at once with status 1",
+          rc == 1 and "second signal" in n.logtext(), (rc, time.time() - t0, n.logtext()[-300:]))
 
 
 def main():
