@@ -29,6 +29,7 @@
 
 #include <troupe/troupe.h>
 
+#include "actors/kit.h"
 #include "http/door.h"
 #include "lua/tlua.h"
 #include "pipe/live.h"
@@ -461,6 +462,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *cmd = argv[1];
+	/* Built-in kinds first: both `check` and `run` must know their
+	 * settings checks. */
+	if (tr_actors_register_builtin() != TR_OK) {
+		fputs("troupe: cannot register the built-in actor kinds\n", stderr);
+		return 1;
+	}
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc - 2, argv + 2);
 	if (strcmp(cmd, "check") == 0) {

@@ -1193,6 +1193,12 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 		a->overflow = (uint8_t)ov;
 	want_uint(&f, o, "instances", 1, 1024, &a->instances);
 	want_uint(&f, o, "batch", 1, 65536, &a->batch);
+	if (a->kind != NULL && a->name != NULL) {
+		/* The kind's own settings, checked by the kind (kinds.h). */
+		char kerr[512];
+		if (tr_kind_check(a, kerr, sizeof(kerr)) != TR_OK)
+			diag(v, w, "%s", kerr[0] ? kerr : "invalid settings");
+	}
 	lua_pop(L, 1);
 }
 

@@ -82,6 +82,7 @@ struct fiber {
 	uint64_t step_t0;       /* ns, for tap durations */
 	int last_err;           /* tr_err of the last failure */
 	int last_cls;
+	char last_msg[160];     /* the actor's own words on it ({message} of an error reply), or "" */
 	/* JOINING */
 	const tr_step *par;
 	uint32_t par_left;      /* branches still running */
@@ -1237,7 +1238,7 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 {
 	const tr_step *s = f->step;
 	run *r = f->r;
-	char msg[160];
+	char msg[256];
 
 	f->last_cls = cls;
 	f->last_err = err;
@@ -1275,7 +1276,8 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 		return;
 	}
 	snprintf(msg, sizeof(msg), "step '%s' failed after %u attempt%s: %s", f->target,
-	         f->attempts, f->attempts == 1 ? "" : "s", tr_strerror(err));
+	         f->attempts, f->attempts == 1 ? "" : "s",
+	         f->last_msg[0] && err == f->last_err ? f->last_msg : tr_strerror(err));
 	if (f->flight != NULL) {
 		/* Waiters share the outcome; hold our run in case one of them
 		 * is a parallel sibling whose failure ends it. */
@@ -1378,6 +1380,14 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 	f->corr = 0;
 	f->st = F_RUNNING;
 	if (m->flags & TR_MSGF_ERROR) {
+		const unsigned char *v;
+		const char *str;
+		size_t vlen, n;
+		f->last_msg[0] = '\0';
+		if (m->body != NULL && tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) == TR_OK &&
+		    tr__mp_map_get(m->body->data, m->body->len, "message", &v, &vlen) == TR_OK &&
+		    tr__mp_str(v, vlen, &str, &n) == TR_OK)
+			snprintf(f->last_msg, sizeof(f->last_msg), "%.*s", (int)n, str);
 		failed_attempt(ctx, e, f, classify(m->err), m->err ? m->err : TR_EFAILED);
 		return;
 	}

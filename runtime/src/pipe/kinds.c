@@ -12,10 +12,24 @@ static const char *const builtin[] = {"intent", "rag", "generate", "safety", "ex
 static struct {
 	char name[32];
 	const tr_actor_ops *ops;
+	tr_kind_check_fn check;
 } kinds[TR_KINDS_MAX];
 static size_t nkinds;
 
 int tr_kind_register(const char *name, const tr_actor_ops *ops)
+{
+	return tr_kind_register_checked(name, ops, NULL);
+}
+
+int tr_kind_check(const tr_actor_spec *a, char *err, size_t errlen)
+{
+	for (size_t i = 0; a->kind != NULL && i < nkinds; i++)
+		if (strcmp(kinds[i].name, a->kind) == 0)
+			return kinds[i].check ? kinds[i].check(a, err, errlen) : TR_OK;
+	return TR_OK;
+}
+
+int tr_kind_register_checked(const char *name, const tr_actor_ops *ops, tr_kind_check_fn check)
 {
 	size_t len = name ? strlen(name) : 0;
 
@@ -24,6 +38,7 @@ int tr_kind_register(const char *name, const tr_actor_ops *ops)
 	for (size_t i = 0; i < nkinds; i++) {
 		if (strcmp(kinds[i].name, name) == 0) {
 			kinds[i].ops = ops;
+			kinds[i].check = check;
 			return TR_OK;
 		}
 	}
@@ -31,6 +46,7 @@ int tr_kind_register(const char *name, const tr_actor_ops *ops)
 		return TR_ELIMIT;
 	memcpy(kinds[nkinds].name, name, len + 1);
 	kinds[nkinds].ops = ops;
+	kinds[nkinds].check = check;
 	nkinds++;
 	return TR_OK;
 }

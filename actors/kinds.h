@@ -1,0 +1,23 @@
+/*
+ * actors/kinds.h -- the built-in kinds' entry points: for each kind, its
+ * ops table (the actor behaviour; spawn arg = const tr_actor_spec *) and
+ * its settings check (kinds.h: tr_kind_check_fn). TR_BUILTIN_KINDS lists
+ * the rows builtin.c registers.
+ */
+#ifndef TR_ACTORS_KINDS_H
+#define TR_ACTORS_KINDS_H
+
+#include <troupe/actor.h>
+
+#include "pipe/spec.h"
+
+#define TR_DECLARE_KIND(k)                                                   \
+	extern const tr_actor_ops tr_##k##_ops;                                 \
+	int tr_##k##_check(const tr_actor_spec *a, char *err, size_t errlen)
+
+#define TR_KIND_ROW(k) {#k, &tr_##k##_ops, tr_##k##_check},
+
+/* Kinds built so far; one TR_DECLARE_KIND and one TR_KIND_ROW each. */
+#define TR_BUILTIN_KINDS /* (rows added as kinds land) */
+
+#endif
