@@ -398,9 +398,10 @@ def main():
 
         def tree_size(nodes):
             return sum(1 + tree_size(a.get("children") or []) for a in nodes)
-        check("page shows one row per actor of the /v1/actors tree",
-              len(s["actors"]) == tree_size(api_actors["tree"]),
-              (len(s["actors"]), tree_size(api_actors["tree"])))
+        check("page shows one row per actor of the /v1/actors tree and the doors",
+              len(s["actors"]) == tree_size(api_actors["tree"]) + len(api_actors.get("others", [])) and
+              len(api_actors.get("others", [])) >= 1,
+              (len(s["actors"]), tree_size(api_actors["tree"]), api_actors.get("others")))
 
         # Pipeline graph.
         echo = next((p for p in s["pipes"] if p["name"] == "echo"), None)

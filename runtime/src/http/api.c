@@ -198,6 +198,8 @@ typedef struct walk_st {
 	json_t *stack[64]; /* children arrays by depth */
 	json_t *last;      /* the node just added */
 	unsigned depth;
+	json_t *seen;      /* names in the tree (object used as a set) */
+	json_t *others;    /* named actors outside the tree (the doors) */
 } walk_st;
 
 static json_t *actor_json(const tr_actor_stats *s, int sup)
@@ -230,6 +232,20 @@ static int walk_cb(void *ud, unsigned depth, const tr_actor_stats *st, int is_su
 		return 1;
 	json_array_append_new(w->stack[depth], a);
 	w->last = a;
+	if (st->name[0])
+		json_object_set_new(w->seen, st->name, json_true());
+	return 0;
+}
+
+static int other_cb(void *ud, unsigned depth, const tr_actor_stats *st, int is_sup)
+{
+	walk_st *w = ud;
+	(void)depth;
+	if (st->name[0] && json_object_get(w->seen, st->name) == NULL) {
+		json_t *a = actor_json(st, is_sup);
+		if (a != NULL)
+			json_array_append_new(w->others, a);
+	}
 	return 0;
 }
 
@@ -238,11 +254,17 @@ void tr__api_actors(tr_door *d, door_resp *r)
 	walk_st w;
 	memset(&w, 0, sizeof(w));
 	w.stack[0] = json_array();
+	w.seen = json_object();
+	w.others = json_array();
 	tr_node_walk(d->node, walk_cb, &w);
+	/* Named actors outside the supervision tree: the HTTP doors (their
+	 * life is the node's), anything spawned by name from C. */
+	tr_node_foreach(d->node, other_cb, &w);
+	json_decref(w.seen);
 	tr_node_stats ns;
 	tr_node_stats_get(d->node, &ns);
-	tr__door_json(r, 200, json_pack("{s:o,s:I,s:I}", "tree", w.stack[0], "actors",
-	                                (json_int_t)ns.actors, "dead_letters",
+	tr__door_json(r, 200, json_pack("{s:o,s:o,s:I,s:I}", "tree", w.stack[0], "others",
+	                                w.others, "actors", (json_int_t)ns.actors, "dead_letters",
 	                                (json_int_t)ns.dead_letters));
 }
 
