@@ -376,6 +376,49 @@ TT_TEST(tenants_and_door_limits)
 	tr_config_free(c);
 }
 
+TT_TEST(tools_load)
+{
+	TT_ASSERT(in_root());
+	tr_config *c = load1("tests/lua/good/tools.lua");
+	TT_ASSERT(c != NULL);
+	TT_EQ(c->ntools, 6);
+	TT_EQ(c->nfns, 6); /* one handler each */
+	const tr_tool_spec *t = tr_config_tool(c, "book_appointment");
+	TT_ASSERT(t != NULL && t == &c->tools[0]);
+	TT_EQ(t->pos.line, 7);
+	TT_ASSERT(t->pos.file == c->files[0]);
+	TT_EQ(t->handler_fn, 0);
+	TT_EQ(t->timeout_us, 500000);
+	TT_STREQ(t->description, "Books a slot on a date.");
+	TT_ASSERT(t->sql == NULL);
+	TT_EQ(t->nargs, 3); /* sorted by name */
+	TT_STREQ(t->args[0].name, "date");
+	TT_EQ(t->args[0].type, TR_ARG_STRING);
+	TT_ASSERT(!t->args[0].optional);
+	TT_STREQ(t->args[1].name, "note");
+	TT_EQ(t->args[1].type, TR_ARG_STRING);
+	TT_ASSERT(t->args[1].optional);
+	TT_STREQ(t->args[2].name, "slot");
+	TT_EQ(t->args[2].type, TR_ARG_INT);
+	t = tr_config_tool(c, "echo");
+	TT_EQ(t->handler_fn, 1);
+	TT_EQ(t->timeout_us, 0);
+	TT_ASSERT(t->description == NULL);
+	TT_EQ(t->nargs, 5);
+	TT_STREQ(t->args[0].name, "data");
+	TT_EQ(t->args[0].type, TR_ARG_TABLE);
+	TT_EQ(t->args[1].type, TR_ARG_BOOL);
+	TT_EQ(t->args[3].type, TR_ARG_NUMBER);
+	TT_ASSERT(t->args[4].optional);
+	t = tr_config_tool(c, "nothing");
+	TT_EQ(t->nargs, 0);
+	TT_ASSERT(t->args == NULL);
+	TT_ASSERT(tr_config_tool(c, "exec") == NULL); /* actors are another namespace */
+	/* every actor knows its config (kinds read other declarations) */
+	TT_ASSERT(tr_config_actor(c, "exec")->cfg == c);
+	tr_config_free(c);
+}
+
 /* ---- bad files ------------------------------------------------------ */
 
 /* Loads files and compares the diagnostics with the `-- expect: ` lines at
@@ -484,7 +527,9 @@ TT_TEST(load_alloc_failures_never_leak)
 	} files[] = {{"pipelines/example.lua", 0},
 	             {"tests/lua/good/tenants.lua", 0},
 	             {"tests/lua/bad/many_problems.lua", 6},
-	             {"tests/lua/bad/tenant_keys_bad.lua", 18}};
+	             {"tests/lua/bad/tenant_keys_bad.lua", 18},
+	             {"tests/lua/good/tools.lua", 0},
+	             {"tests/lua/bad/tool_bad.lua", 21}};
 	enum { NF = sizeof(files) / sizeof(files[0]) };
 	int done[NF] = {0}, ndone = 0;
 	for (long k = 1; k < 5000 && ndone < NF; k++) {
@@ -1094,6 +1139,7 @@ TT_LIST = {
 	TT_ENTRY(parallel_and_when),
 	TT_ENTRY(limits_load),
 	TT_ENTRY(tenants_and_door_limits),
+	TT_ENTRY(tools_load),
 	TT_ENTRY(bad_files_diagnostics),
 	TT_ENTRY(check_main_exit_codes),
 	TT_ENTRY(load_alloc_failures_never_leak),

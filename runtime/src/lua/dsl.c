@@ -1,7 +1,7 @@
 /*
  * lua/dsl.c -- the pipeline DSL (node, actor, supervisor, pipeline, step,
- * route, parallel, tenant), the loader that turns files into a tr_config,
- * and its diagnostics.
+ * route, parallel, tenant, tool), the loader that turns files into a
+ * tr_config, and its diagnostics.
  *
  * Two phases, so that every problem is reported, not only the first:
  *
@@ -15,7 +15,7 @@
  *     raw reads (no metamethod of a user table ever runs) and builds the
  *     tr_config. Each problem becomes one "file:line: message".
  *
- * Functions (receive, when) are numbered in the order the DSL sees them,
+ * Functions (receive, when, handler) are numbered in the order the DSL sees them,
  * in both modes: tr_lua_state_new() reruns the files in replay mode (no
  * declarations recorded) and finds every function under the same number.
  *
@@ -137,12 +137,14 @@ static int desc_body(lua_State *L)
 	lua_rawgetp(L, 2, &mark);
 	what = lua_tostring(L, -1);
 	lua_pop(L, 1);
-	number_fn(L, 2, 1, strcmp(what, "actor") == 0 ? "receive" : "when");
+	number_fn(L, 2, 1, strcmp(what, "actor") == 0  ? "receive"
+	                   : strcmp(what, "tool") == 0 ? "handler"
+	                                               : "when");
 	return 1;
 }
 
 /* actor "x", supervisor "x", pipeline "x", step "x", route "field",
- * tenant "x":
+ * tenant "x", tool "x":
  * upvalue 1 is the kind; returns the function that takes the options. */
 static int desc_named(lua_State *L)
 {
@@ -182,7 +184,7 @@ static int desc_direct(lua_State *L)
 void tr__lua_dsl_open(lua_State *L)
 {
 	static const char *const named[] = {"actor", "supervisor", "pipeline", "step", "route",
-	                                    "tenant"};
+	                                    "tenant", "tool"};
 	static const char *const direct[] = {"node", "parallel"};
 
 	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
@@ -1141,6 +1143,7 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 	a->receive_fn = -1;
 	a->instances = 1;
 	a->pos = srcpos(v, w);
+	a->cfg = v->c;
 	snprintf(f.who, sizeof(f.who), "actor '%s'", name);
 	check_twice(v, d, f.who);
 	rget(L, d, "opts");
@@ -1193,13 +1196,31 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 		a->overflow = (uint8_t)ov;
 	want_uint(&f, o, "instances", 1, 1024, &a->instances);
 	want_uint(&f, o, "batch", 1, 65536, &a->batch);
-	if (a->kind != NULL && a->name != NULL) {
-		/* The kind's own settings, checked by the kind (kinds.h). */
+	/* The kind's own settings are checked once every declaration is in
+	 * (check_kinds): a kind may name things declared later, as execute's
+	 * `tools` does. */
+	lua_pop(L, 1);
+}
+
+/* Runs each kind actor's settings check (kinds.h), in actor order, after
+ * the declarations: the check may look at the whole config (a->cfg). */
+static void check_kinds(vctx *v)
+{
+	tr_config *c = v->c;
+
+	for (size_t i = 0; i < c->nactors && !v->nomem; i++) {
+		tr_actor_spec *a = &c->actors[i];
+		where w = {0, a->pos.line};
 		char kerr[512];
+		if (a->kind == NULL || a->name == NULL)
+			continue;
+		for (size_t f = 0; f < c->nfiles; f++)
+			if (c->files[f] == a->pos.file)
+				w.file = (int)f;
+		kerr[0] = '\0';
 		if (tr_kind_check(a, kerr, sizeof(kerr)) != TR_OK)
 			diag(v, w, "%s", kerr[0] ? kerr : "invalid settings");
 	}
-	lua_pop(L, 1);
 }
 
 /* ---- supervisors -------------------------------------------------------- */
@@ -1526,6 +1547,180 @@ static void build_tenant(vctx *v, int d, where w, const char *name, size_t ti)
 	build_keys(&f, o, ti);
 	build_rate(&f, o, t);
 	lua_pop(L, 1);
+}
+
+/* ---- tools ---------------------------------------------------------------- */
+
+/*
+ * tool "book" { args = { date = "string", slot = "int", note = "string?" },
+ *               handler = function(args, ctx) ... end, timeout = "500ms",
+ *               description = "...", sql = "..." }
+ * Tools have their own namespace (like tenants); the execute kind runs
+ * them. An arg type is one of arg_types, with a trailing "?" for an
+ * optional arg.
+ */
+static const char *const arg_types[] = {"string", "int", "number", "bool", "table"};
+static const uint8_t arg_type_ids[] = {TR_ARG_STRING, TR_ARG_INT, TR_ARG_NUMBER, TR_ARG_BOOL,
+                                       TR_ARG_TABLE};
+#define ARG_TYPES_HINT "string, int, number, bool or table, with a trailing ? for an " \
+	"optional arg"
+
+/* Other languages' names for the types: a hint, since they are too far
+ * from ours for the edit distance ("integer" -> "int"). */
+static const char *type_alias(const char *s)
+{
+	static const struct {
+		const char *alias, *type;
+	} al[] = {{"integer", "int"},  {"boolean", "bool"},  {"float", "number"},
+	          {"double", "number"}, {"str", "string"},   {"text", "string"},
+	          {"map", "table"},     {"list", "table"},   {"array", "table"},
+	          {"object", "table"},  {"dict", "table"}};
+	for (size_t i = 0; i < sizeof(al) / sizeof(al[0]); i++)
+		if (strcmp(s, al[i].alias) == 0)
+			return al[i].type;
+	return suggest(s, arg_types, sizeof(arg_types) / sizeof(arg_types[0]));
+}
+
+/* The arg type named at idx ("int", "string?") into *arg; reports and
+ * returns 0 when bad. `an` is the arg's name. */
+static int arg_type(fctx *f, int idx, const char *an, tr_tool_arg *arg)
+{
+	lua_State *L = f->v->L;
+	char b[64], base[16];
+	const char *s, *sg;
+	size_t len;
+
+	if (lua_type(L, idx) != LUA_TSTRING) {
+		diag(f->v, f->w, "%s: args: '%s': expected a type name (%s), got %s", f->who, an,
+		     ARG_TYPES_HINT, got(L, idx, b, sizeof(b)));
+		return 0;
+	}
+	s = lua_tolstring(L, idx, &len);
+	arg->optional = len > 0 && s[len - 1] == '?';
+	if (len - arg->optional < sizeof(base) && strlen(s) == len) {
+		memcpy(base, s, len - arg->optional);
+		base[len - arg->optional] = '\0';
+		for (size_t i = 0; i < sizeof(arg_types) / sizeof(arg_types[0]); i++) {
+			if (strcmp(base, arg_types[i]) == 0) {
+				arg->type = arg_type_ids[i];
+				return 1;
+			}
+		}
+		if ((sg = type_alias(base)) != NULL) {
+			diag(f->v, f->w, "%s: args: '%s': unknown type '%s' (did you mean '%s%s'?)",
+			     f->who, an, s, sg, arg->optional ? "?" : "");
+			return 0;
+		}
+	}
+	diag(f->v, f->w, "%s: args: '%s': unknown type '%.40s' (types: %s)", f->who, an, s,
+	     ARG_TYPES_HINT);
+	return 0;
+}
+
+/* args = { name = "type", ... } at o into t (sorted by name). */
+static void build_tool_args(fctx *f, int o, tr_tool_spec *t)
+{
+	vctx *v = f->v;
+	lua_State *L = v->L;
+	size_t base = v->nnames, n;
+	char b[64];
+	int ty = rget(L, o, "args"), ai = lua_gettop(L), bad = 0;
+
+	if (ty == LUA_TNIL)
+		goto out;
+	if (ty != LUA_TTABLE) {
+		diag(v, f->w, "%s: args: expected a table of name = \"type\" (%s), got %s", f->who,
+		     ARG_TYPES_HINT, got(L, ai, b, sizeof(b)));
+		goto out;
+	}
+	lua_pushnil(L);
+	while (lua_next(L, ai)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			diag(v, f->w, "%s: args: expected name = \"type\" pairs, got a %s key%s%s", f->who,
+			     luaL_typename(L, -1), lua_type(L, -1) == LUA_TNUMBER ? " " : "",
+			     lua_type(L, -1) == LUA_TNUMBER ? got(L, -1, b, sizeof(b)) : "");
+			bad = 1;
+		} else {
+			names_push(v, lua_tostring(L, -1));
+		}
+	}
+	sort_names(v, base);
+	n = v->nnames - base;
+	if (n > TR_TOOL_ARGS_MAX) {
+		diag(v, f->w, "%s: args: more than %d args", f->who, TR_TOOL_ARGS_MAX);
+		goto out;
+	}
+	if (n == 0 || bad)
+		goto out;
+	t->args = tr__calloc(n, sizeof(tr_tool_arg));
+	if (t->args == NULL) {
+		v->nomem = 1;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *an = v->names[base + i];
+		tr_tool_arg arg = {NULL, 0, false};
+		if (!name_ok(an, strlen(an))) {
+			diag(v, f->w, "%s: args: arg name '%.63s': use 1 to %d letters, digits, '_', "
+			     "'-' or '.'", f->who, an, NAME_MAX_LEN);
+			continue;
+		}
+		rget(L, ai, an);
+		if (arg_type(f, lua_gettop(L), an, &arg)) {
+			arg.name = dup(v, an);
+			if (arg.name != NULL)
+				t->args[t->nargs++] = arg;
+		}
+		lua_pop(L, 1);
+	}
+out:
+	v->nnames = base;
+	lua_pop(L, 1);
+}
+
+static void build_tool(vctx *v, int d, where w, const char *name, tr_tool_spec *t)
+{
+	static const char *const keys[] = {"args", "handler", "timeout", "description", "sql"};
+	lua_State *L = v->L;
+	fctx f = {v, w, ""};
+	char b[64];
+	int o, ty;
+
+	t->pos = srcpos(v, w);
+	t->handler_fn = -1;
+	snprintf(f.who, sizeof(f.who), "tool '%s'", name);
+	check_twice(v, d, f.who);
+	rget(L, d, "opts");
+	o = lua_gettop(L);
+	if (lua_type(L, o) != LUA_TTABLE) {
+		diag(v, w, "%s: expected a table: tool \"%s\" { args = { ... }, handler = "
+		     "function(args, ctx) ... end }, got %s", f.who, name, got(L, o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return;
+	}
+	check_keys(&f, o, keys, sizeof(keys) / sizeof(keys[0]), 0,
+	           " (a tool takes args, handler, timeout, description, sql)");
+	build_tool_args(&f, o, t);
+	want_dur_in(&f, o, "timeout", MS_US, HOUR_US, "1ms", "1h", &t->timeout_us);
+	want_str(&f, o, "description", &t->description);
+	want_str(&f, o, "sql", &t->sql);
+	ty = rget(L, o, "handler");
+	if (ty == LUA_TFUNCTION) {
+		t->handler_fn = dint(L, d, "fn");
+		if (t->sql != NULL)
+			diag(v, w, "%s: give handler or sql, not both", f.who);
+	} else if (ty != LUA_TNIL) {
+		diag(v, w, "%s: handler: expected a function(args, ctx), got %s", f.who,
+		     got(L, -1, b, sizeof(b)));
+	} else if (t->sql != NULL) {
+		diag(v, w, "%s: sql: SQL tools need the postgres backend, which this build does not "
+		     "have yet; give handler = function(args, ctx) ... end instead", f.who);
+	} else {
+		diag(v, w, "%s: needs handler = function(args, ctx) ... end (it returns the tool's "
+		     "result)", f.who);
+	}
+	lua_pop(L, 2);
 }
 
 /* ---- steps --------------------------------------------------------------- */
@@ -2100,7 +2295,7 @@ static int validate_k(lua_State *L)
 {
 	vctx *v = lua_touserdata(L, 1);
 	tr_config *c = v->c;
-	size_t n, na = 0, ns = 0, np = 0, nt = 0;
+	size_t n, na = 0, ns = 0, np = 0, nt = 0, nto = 0;
 	int decls, seen_node = 0, tenants_over = 0;
 	where first_node = {0, 0};
 
@@ -2117,12 +2312,14 @@ static int validate_k(lua_State *L)
 		ns += strcmp(k, "supervisor") == 0;
 		np += strcmp(k, "pipeline") == 0;
 		nt += strcmp(k, "tenant") == 0;
+		nto += strcmp(k, "tool") == 0;
 		lua_pop(L, 1);
 	}
 	if ((na && !(c->actors = tr__calloc(na, sizeof(tr_actor_spec)))) ||
 	    (ns && !(c->sups = tr__calloc(ns, sizeof(tr_supervisor_spec)))) ||
 	    (np && !(c->pipelines = tr__calloc(np, sizeof(tr_pipeline_spec)))) ||
-	    (nt && !(c->tenants = tr__calloc(nt, sizeof(tr_tenant_spec))))) {
+	    (nt && !(c->tenants = tr__calloc(nt, sizeof(tr_tenant_spec)))) ||
+	    (nto && !(c->tools = tr__calloc(nto, sizeof(tr_tool_spec))))) {
 		v->nomem = 1;
 		return 0;
 	}
@@ -2168,6 +2365,17 @@ static int validate_k(lua_State *L)
 				c->tenants[c->ntenants].name = dup(v, name);
 				build_tenant(v, d, w, name, c->ntenants++);
 			}
+		} else if (strcmp(k, "tool") == 0) {
+			/* tools have their own namespace too */
+			const tr_tool_spec *t = tr_config_tool(c, name);
+			if (t != NULL) {
+				diag(v, w, "tool '%s' is declared twice (first at %s:%d)", name, t->pos.file,
+				     t->pos.line);
+			} else {
+				tr_tool_spec *nt_ = &c->tools[c->ntools++];
+				nt_->name = dup(v, name);
+				build_tool(v, d, w, name, nt_);
+			}
 		} else if (taken(v, name, &tk, &tp)) {
 			if (strcmp(tk, k) == 0)
 				diag(v, w, "%s '%s' is declared twice (first at %s:%d)", k, name, tp.file,
@@ -2186,6 +2394,7 @@ static int validate_k(lua_State *L)
 		}
 		lua_settop(L, decls);
 	}
+	check_kinds(v);
 	for (size_t i = 1; i <= n && !v->nomem; i++) {
 		lua_rawgeti(L, decls, (lua_Integer)i);
 		int d = lua_gettop(L);

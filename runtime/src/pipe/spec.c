@@ -75,6 +75,16 @@ void tr_config_free(tr_config *c)
 		tr__free(c->tenants[i].keys);
 	}
 	tr__free(c->tenants);
+	for (size_t i = 0; i < c->ntools; i++) {
+		tr_tool_spec *t = &c->tools[i];
+		tr__free(t->name);
+		for (size_t j = 0; j < t->nargs; j++)
+			tr__free(t->args[j].name);
+		tr__free(t->args);
+		tr__free(t->description);
+		tr__free(t->sql);
+	}
+	tr__free(c->tools);
 	tr__free(c->node.name);
 	tr__free(c->node.http);
 	for (size_t i = 0; i < c->nfiles; i++)
@@ -112,5 +122,13 @@ const tr_pipeline_spec *tr_config_pipeline(const tr_config *c, const char *name)
 	for (size_t i = 0; i < c->npipelines; i++)
 		if (c->pipelines[i].name != NULL && strcmp(c->pipelines[i].name, name) == 0)
 			return &c->pipelines[i];
+	return NULL;
+}
+
+const tr_tool_spec *tr_config_tool(const tr_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->ntools; i++)
+		if (c->tools[i].name != NULL && strcmp(c->tools[i].name, name) == 0)
+			return &c->tools[i];
 	return NULL;
 }

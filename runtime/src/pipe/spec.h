@@ -124,6 +124,8 @@ typedef struct tr_pipeline_spec {
 	tr_step_list steps;
 } tr_pipeline_spec;
 
+struct tr_config;
+
 /* Overflow policy names map to tr_overflow (troupe/actor.h). */
 typedef struct tr_actor_spec {
 	char *name;
@@ -138,6 +140,10 @@ typedef struct tr_actor_spec {
 	 * dsn, ...), as one msgpack map; NULL when none. Owned. */
 	unsigned char *config;
 	size_t config_len;
+	/* The config that holds this spec (set by the loader), so that a
+	 * kind may read other declarations: execute finds its tools there.
+	 * NULL for a spec built by hand. Borrowed. */
+	const struct tr_config *cfg;
 } tr_actor_spec;
 
 typedef struct tr_supervisor_spec {
@@ -175,6 +181,42 @@ typedef struct tr_tenant_spec {
 	uint32_t burst;         /* bucket size; default max(1, ceil(rate)) */
 } tr_tenant_spec;
 
+/*
+ * tool "book" { args = { date = "string", slot = "int", note = "string?" },
+ *               handler = function(args, ctx) ... end, timeout = "500ms",
+ *               description = "..." }
+ * Run by the execute kind (actors/execute/). `sql = "..."` is kept for
+ * SQL tools (the postgres backend, later); today the loader refuses a
+ * tool without a handler.
+ */
+typedef enum tr_arg_type {
+	TR_ARG_STRING = 1,
+	TR_ARG_INT,
+	TR_ARG_NUMBER,
+	TR_ARG_BOOL,
+	TR_ARG_TABLE
+} tr_arg_type;
+
+typedef struct tr_tool_arg {
+	char *name;
+	uint8_t type;           /* tr_arg_type */
+	bool optional;          /* declared with a trailing "?" */
+} tr_tool_arg;
+
+/* Most args one tool may declare. */
+#define TR_TOOL_ARGS_MAX 64
+
+typedef struct tr_tool_spec {
+	char *name;
+	tr_srcpos pos;
+	tr_tool_arg *args;      /* owned array, sorted by name */
+	size_t nargs;
+	int handler_fn;         /* function number (tr_config.nfns); -1 = none */
+	uint64_t timeout_us;    /* 0 = not set */
+	char *description;      /* NULL = none */
+	char *sql;              /* NULL = none (SQL tools: later) */
+} tr_tool_spec;
+
 typedef struct tr_config {
 	char **files;           /* the files loaded, in order (owned) */
 	size_t nfiles;
@@ -187,7 +229,9 @@ typedef struct tr_config {
 	size_t npipelines;
 	tr_tenant_spec *tenants;    /* none: the HTTP door needs no API key */
 	size_t ntenants;
-	/* Lua functions found in the files (receive, when), numbered in the
+	tr_tool_spec *tools;        /* in declaration order; their own namespace */
+	size_t ntools;
+	/* Lua functions found in the files (receive, when, handler), numbered in the
 	 * order the files create them. Running the same files in a fresh
 	 * sandbox (tr_lua_state_new) recreates them with the same numbers:
 	 * that is how an actor's own lua_State finds its function. */
@@ -201,5 +245,6 @@ const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name);
 const tr_supervisor_spec *tr_config_sup(const tr_config *c, const char *name);
 const tr_pipeline_spec *tr_config_pipeline(const tr_config *c, const char *name);
 const tr_tenant_spec *tr_config_tenant(const tr_config *c, const char *name);
+const tr_tool_spec *tr_config_tool(const tr_config *c, const char *name);
 
 #endif
