@@ -312,7 +312,8 @@ static int cmd_run(int argc, char **argv)
 		         (unsigned long long)tr_live_gen(live), "#actors",
 		         (unsigned long long)(c ? c->nactors : 0), "#pipelines",
 		         (unsigned long long)(c ? c->npipelines : 0), "http",
-		         dopts.listen ? dopts.listen : "", "#startup_us",
+		         dopts.listen ? dopts.listen : "", "#http_port",
+		         (unsigned long long)(door ? tr_door_port(door) : 0), "#startup_us",
 		         (unsigned long long)((tr_now_ns() - t_start) / 1000u), (const char *)NULL);
 	}
 

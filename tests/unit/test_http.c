@@ -82,10 +82,17 @@ static void hexdump(const char *what, const unsigned char *p, size_t n)
 	fprintf(stderr, "\n");
 }
 
-/* mp -> JSON; NULL when the converter gives NULL. */
+/* mp -> JSON text (tr__mp_json) -> a jansson value; NULL when the
+ * converter fails. */
 static json_t *mpj(const unsigned char *p, size_t n)
 {
-	return tr__mp_to_json(p, n);
+	tr_buf b;
+	json_t *j = NULL;
+	tr_buf_init(&b);
+	if (tr__mp_json(p, n, &b) == TR_OK)
+		j = json_loadb((const char *)b.data, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	tr_buf_free(&b);
+	return j;
 }
 
 /* Every value kind survives JSON -> msgpack -> JSON with its type. */
@@ -205,12 +212,9 @@ static json_t *nest_arrays(unsigned levels, json_t *inner)
 	return j;
 }
 
-/* msgpack-c's unpacker (used by tr__mp_to_json) has a fixed stack of
- * MSGPACK_EMBED_STACK_SIZE (32) containers, built into libmsgpackc: deeper
- * bodies that tr_mp_check and tr__json_to_mp accept (up to
- * TR_MP_MAX_DEPTH = 64) do not convert back (tr__mp_to_json gives NULL).
- * A known bug, reported; the round trips here stay within 32. */
-#define MPC_MAX_NEST 32
+/* Round trips go as deep as tr_mp_check allows: tr__mp_json walks the
+ * bytes itself (msgpack-c's unpacker stops at 32 nested containers). */
+#define MPC_MAX_NEST TR_MP_MAX_DEPTH
 
 /* Depth: the top value is level 1, and nothing may sit deeper than
  * TR_MP_MAX_DEPTH (a scalar counts as a level). Deeper: TR_EPROTO, and the
@@ -344,17 +348,33 @@ TT_TEST(mp_bin_string_or_base64)
 		{"\xed\xa0\x80", 3, "7aCA", 4},      /* UTF-16 surrogate */
 		{"\xf4\x90\x80\x80", 4, "9JCAgA==", 8}, /* past U+10FFFF */
 	};
+	/* A str that is not valid UTF-8 keeps its text: each bad byte becomes
+	 * U+FFFD (bin is bytes: base64). */
+#define R "\xef\xbf\xbd"
+	static const struct {
+		const char *want;
+		size_t wn;
+	} str_bad[] = {
+		{R, 3}, {R R, 6}, {R R R, 9}, {R "abc", 6}, {R "\0\x01" R "(", 9}, {R "(", 4},
+		{R, 3}, {R R, 6}, {R R R, 9}, {R R R R, 12},
+	};
+#undef R
 	for (int bin = 1; bin >= 0; bin--) {
 		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 			json_t *j = bytes_json(bin, cases[i].bytes, cases[i].n);
-			int ok = j != NULL && json_is_string(j) && json_string_length(j) == cases[i].wn &&
-			         memcmp(json_string_value(j), cases[i].want, cases[i].wn) == 0;
+			const char *want = cases[i].want;
+			size_t wn = cases[i].wn;
+			if (!bin && i >= 4) {
+				want = str_bad[i - 4].want;
+				wn = str_bad[i - 4].wn;
+			}
+			int ok = j != NULL && json_is_string(j) && json_string_length(j) == wn &&
+			         memcmp(json_string_value(j), want, wn) == 0;
 			if (!ok)
 				fprintf(stderr, "  %s #%zu: got %s\n", bin ? "bin" : "str", i, jtext(j));
 			json_decref(j);
 			if (!ok)
-				TT_FAIL_("%s case %zu: want \"%.*s\"", bin ? "bin" : "str", i,
-				         (int)cases[i].wn, cases[i].want);
+				TT_FAIL_("%s case %zu: want \"%.*s\"", bin ? "bin" : "str", i, (int)wn, want);
 		}
 	}
 	/* Longer: 256 bytes 0..255 (invalid UTF-8) */

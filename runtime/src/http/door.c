@@ -153,6 +153,11 @@ void tr__door_error(door_resp *r, int status, const char *code, const char *fmt,
 	tr__door_json(r, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }
 
+static int dump_cb(const char *buf, size_t n, void *ud)
+{
+	return tr__buf_append(ud, buf, n) == TR_OK ? 0 : -1;
+}
+
 void tr__door_json(door_resp *r, int status, json_t *j)
 {
 	r->status = status;
@@ -163,9 +168,8 @@ void tr__door_json(door_resp *r, int status, json_t *j)
 		tr__buf_append(&r->body, "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}", 56);
 		return;
 	}
-	size_t n = json_dumpb(j, NULL, 0, JSON_COMPACT | JSON_REAL_PRECISION(9));
-	if (n > 0 && tr__buf_reserve(&r->body, n + 1) == TR_OK)
-		r->body.len = json_dumpb(j, (char *)r->body.data, n, JSON_COMPACT | JSON_REAL_PRECISION(9));
+	/* One pass, straight into the buffer. */
+	json_dump_callback(j, dump_cb, &r->body, JSON_COMPACT | JSON_REAL_PRECISION(9));
 	tr__buf_append(&r->body, "\n", 1);
 	json_decref(j);
 }
@@ -1029,40 +1033,119 @@ static int status_of(const char *code)
 	return 502;
 }
 
-/* ms with µs precision, from an integer of µs */
-static json_t *ms_of_us(json_t *us)
+/* Appends us (µs) as milliseconds with three decimals, from integers. */
+static void put_ms(tr_buf *out, uint64_t us)
 {
-	return json_real(json_is_integer(us) ? (double)json_integer_value(us) / 1000.0 : 0.0);
+	tr__door_printf(out, "%llu.%03llu", (unsigned long long)(us / 1000u),
+	                (unsigned long long)(us % 1000u));
 }
 
-/* The answer's "steps", reshaped for clients: us -> ms. */
-static json_t *client_steps(json_t *steps)
+/* The unsigned integer at p (validated msgpack), or 0. */
+static uint64_t mp_uint(const unsigned char *p, size_t n)
 {
-	json_t *out = json_array();
-	size_t i;
-	json_t *s;
-	if (!json_is_array(steps))
-		return out;
-	json_array_foreach(steps, i, s) {
-		json_t *e = json_pack("{s:O?,s:O?,s:o,s:O?,s:O?}", "step", json_object_get(s, "step"),
-		                      "actor", json_object_get(s, "actor"), "ms",
-		                      ms_of_us(json_object_get(s, "us")), "attempts",
-		                      json_object_get(s, "attempts"), "cached",
-		                      json_object_get(s, "cached"));
-		if (e != NULL)
-			json_array_append_new(out, e);
+	uint64_t v = 0;
+	unsigned w;
+	if (n == 0)
+		return 0;
+	if (p[0] <= 0x7f)
+		return p[0];
+	if (p[0] < 0xcc || p[0] > 0xcf)
+		return 0;
+	w = 1u << (p[0] - 0xcc);
+	for (unsigned i = 0; i < w && i + 1 < n; i++)
+		v = (v << 8) | p[1 + i];
+	return v;
+}
+
+/* Header size of the validated map at p. */
+static size_t map_hdr(const unsigned char *p)
+{
+	return p[0] <= 0x8f ? 1 : p[0] == 0xde ? 3 : 5;
+}
+
+/* Writes the map at p as a JSON object with its "us" entry as "ms"
+ * (integer µs to fixed-point ms); `lead` opens the object (may hold
+ * fields of our own, e.g. {"type":"done",). */
+static void map_json_ms(const unsigned char *p, size_t n, tr_buf *out)
+{
+	uint32_t cnt;
+	int first = 1;
+	if (tr__mp_map_len(p, n, &cnt) != TR_OK) {
+		tr__buf_append(out, "{}", 2);
+		return;
 	}
-	return out;
+	const unsigned char *q = p + map_hdr(p);
+	tr__buf_append(out, "{", 1);
+	for (uint32_t i = 0; i < cnt; i++) {
+		size_t ks = tr__mp_size(q);
+		const unsigned char *v = q + ks;
+		size_t vs = tr__mp_size(v);
+		const char *k;
+		size_t kn;
+		if (tr__mp_str(q, ks, &k, &kn) == TR_OK) {
+			if (!first)
+				tr__buf_append(out, ",", 1);
+			first = 0;
+			if (kn == 2 && memcmp(k, "us", 2) == 0) {
+				tr__buf_append(out, "\"ms\":", 5);
+				put_ms(out, mp_uint(v, vs));
+			} else {
+				tr__json_str(k, kn, out);
+				tr__buf_append(out, ":", 1);
+				tr__mp_json(v, vs, out);
+			}
+		}
+		q = v + vs;
+	}
+	tr__buf_append(out, "}", 1);
 }
 
-static void stream_write(conn *c, json_t *ev)
+/* The client's "steps" array from an engine answer map (body, checked):
+ * each entry {step, actor, ms, attempts, cached}. */
+void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
+{
+	const unsigned char *s;
+	size_t sl;
+	tr__buf_append(out, "[", 1);
+	if (body != NULL && tr__mp_map_get(body, n, "steps", &s, &sl) == TR_OK &&
+	    ((s[0] >= 0x90 && s[0] <= 0x9f) || s[0] == 0xdc || s[0] == 0xdd)) {
+		uint32_t cnt;
+		if (s[0] <= 0x9f)
+			cnt = s[0] & 0x0fu;
+		else if (s[0] == 0xdc)
+			cnt = (uint32_t)s[1] << 8 | s[2];
+		else
+			cnt = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
+		const unsigned char *e = s + (s[0] <= 0x9f ? 1 : s[0] == 0xdc ? 3 : 5);
+		static const char *const keys[] = {"step", "actor", "attempts", "cached"};
+		for (uint32_t i = 0; i < cnt; i++) {
+			size_t es = tr__mp_size(e);
+			const unsigned char *v;
+			size_t vl;
+			tr__door_printf(out, "%s{", i ? "," : "");
+			for (int k = 0; k < 4; k++) {
+				tr__door_printf(out, "%s\"%s\":", k ? "," : "", keys[k]);
+				if (tr__mp_map_get(e, es, keys[k], &v, &vl) == TR_OK)
+					tr__mp_json(v, vl, out);
+				else
+					tr__buf_append(out, "null", 4);
+				if (k == 1) {
+					tr__buf_append(out, ",\"ms\":", 6);
+					put_ms(out, tr__mp_map_get(e, es, "us", &v, &vl) == TR_OK ? mp_uint(v, vl) : 0);
+				}
+			}
+			tr__buf_append(out, "}", 1);
+			e += es;
+		}
+	}
+	tr__buf_append(out, "]", 1);
+}
+
+/* One chunk of a streamed answer: the JSON text ev (NDJSON line or SSE
+ * record), after the headers if they are not out yet. */
+static void stream_write(conn *c, const tr_buf *ev)
 {
 	tr_buf b;
-	char *txt = json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(9));
-	json_decref(ev);
-	if (txt == NULL)
-		return;
-	size_t n = strlen(txt);
 	tr_buf_init(&b);
 	if (!c->streaming) {
 		tr__door_printf(&b,
@@ -1074,47 +1157,57 @@ static void stream_write(conn *c, json_t *ev)
 		c->streaming = 1;
 	}
 	/* One chunk per event: "data: {...}\n\n" for SSE, "{...}\n" NDJSON */
-	size_t framed = n + (c->mode == MODE_SSE ? 8 : 1);
+	size_t framed = ev->len + (c->mode == MODE_SSE ? 8 : 1);
 	tr__door_printf(&b, "%zx\r\n", framed);
 	if (c->mode == MODE_SSE)
 		tr__buf_append(&b, "data: ", 6);
-	tr__buf_append(&b, txt, n);
+	tr__buf_append(&b, ev->data, ev->len);
 	tr__buf_append(&b, c->mode == MODE_SSE ? "\n\n" : "\n", c->mode == MODE_SSE ? 2 : 1);
 	tr__buf_append(&b, "\r\n", 2);
-	free(txt);
 	conn_write(c, &b);
 }
 
 static void on_event(dstate *ds, tr_msg *m)
 {
 	tr__map_ent *e = tr__map_get(&ds->runs, m->corr, TR_REF_NONE);
-	if (e == NULL || m->body == NULL)
+	tr_buf ev;
+	if (e == NULL || m->body == NULL ||
+	    tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK)
 		return;
-	conn *c = e->ptr;
-	json_t *ev = tr__mp_to_json(m->body->data, m->body->len);
-	if (ev == NULL || !json_is_object(ev)) {
-		json_decref(ev);
-		return;
-	}
-	json_object_set_new(ev, "ms", ms_of_us(json_object_get(ev, "us")));
-	json_object_del(ev, "us");
-	stream_write(c, ev);
+	tr_buf_init(&ev);
+	map_json_ms(m->body->data, m->body->len, &ev);
+	stream_write(e->ptr, &ev);
+	tr_buf_free(&ev);
 }
 
-static void record_trace(dstate *ds, conn *c, int ok, const char *code, json_t *steps,
-                         double ms)
+/* Keeps a finished run for /v1/traces: a few scalars and a reference to
+ * the engine's answer (which holds the steps); JSON is made only when
+ * someone asks. */
+static void record_trace(dstate *ds, conn *c, const char *code, tr_body *answer, uint64_t us)
 {
-	char tid[33];
-	hex128(c->trace_hi, c->trace_lo, tid);
-	json_t *t = json_pack("{s:s,s:s,s:b,s:s?,s:f,s:I,s:O?}", "trace_id", tid, "pipeline",
-	                      c->pipeline, "ok", ok, "code", code, "ms", ms, "ts_us",
-	                      (json_int_t)tr_wall_us(), "steps", steps);
-	if (t == NULL)
-		return;
-	char *txt = json_dumps(t, JSON_COMPACT);
-	json_decref(t);
-	if (txt != NULL)
-		tr__door_trace_add(ds->d, txt);
+	door_trace t;
+	memset(&t, 0, sizeof(t));
+	t.trace_hi = c->trace_hi;
+	t.trace_lo = c->trace_lo;
+	t.us = us;
+	t.ts_us = tr_wall_us();
+	snprintf(t.pipeline, sizeof(t.pipeline), "%s", c->pipeline);
+	snprintf(t.code, sizeof(t.code), "%s", code ? code : "");
+	t.answer = answer;
+	tr__door_trace_add(ds->d, &t);
+}
+
+/* A string field of the checked map body, or NULL (then *n = 0). */
+static const char *body_str(const unsigned char *body, size_t n, const char *key, size_t *len)
+{
+	const unsigned char *v;
+	const char *s;
+	size_t vl;
+	*len = 0;
+	if (body == NULL || tr__mp_map_get(body, n, key, &v, &vl) != TR_OK ||
+	    tr__mp_str(v, vl, &s, len) != TR_OK)
+		return NULL;
+	return s;
 }
 
 static void on_answer(dstate *ds, tr_msg *m)
@@ -1126,75 +1219,85 @@ static void on_answer(dstate *ds, tr_msg *m)
 	door_resp r;
 	char tid[33];
 	int is_err = (m->flags & TR_MSGF_ERROR) != 0;
-	json_t *body = m->body ? tr__mp_to_json(m->body->data, m->body->len) : NULL;
-	double ms = (double)(tr_now_ns() - c->t0_ns) / 1e6;
+	const unsigned char *body = NULL, *v;
+	size_t blen = 0, vl;
+	uint32_t cnt;
+	uint64_t us = (tr_now_ns() - c->t0_ns) / 1000u;
 
 	atomic_fetch_sub_explicit(&ds->d->inflight, 1, memory_order_relaxed);
 	c->corr = 0;
+	if (m->body != NULL && tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) == TR_OK &&
+	    tr__mp_map_len(m->body->data, m->body->len, &cnt) == TR_OK) {
+		body = m->body->data;
+		blen = m->body->len;
+	}
 	hex128(c->trace_hi, c->trace_lo, tid);
 	memset(&r, 0, sizeof(r));
 	tr_buf_init(&r.body);
-	json_t *steps = client_steps(body ? json_object_get(body, "steps") : NULL);
+	r.ctype = "application/json";
+	tr_buf *o = &r.body;
+	int stream = c->mode != MODE_JSON;
 	if (!is_err) {
-		json_t *out = body ? json_object_get(body, "output") : NULL;
-		json_t *ans = json_pack("{s:O,s:s,s:O}", "output", out ? out : json_null(), "trace_id",
-		                        tid, "steps", steps);
-		record_trace(ds, c, 1, NULL, steps, ms);
-		if (c->mode != MODE_JSON) {
-			json_object_set_new(ans, "type", json_string("done"));
-			c->st = ST_IDLE; /* before the last chunk: keep_alive() reads it */
-			stream_write(c, ans);
-			goto end_stream;
-		}
-		tr__door_json(&r, 200, ans);
+		r.status = 200;
+		tr__door_printf(o, "{%s\"output\":", stream ? "\"type\":\"done\"," : "");
+		if (body == NULL || tr__mp_map_get(body, blen, "output", &v, &vl) != TR_OK ||
+		    tr__mp_json(v, vl, o) != TR_OK)
+			tr__buf_append(o, "null", 4);
+		record_trace(ds, c, NULL, body ? tr_body_ref(m->body) : NULL, us);
 	} else {
-		const char *code = body ? json_string_value(json_object_get(body, "code")) : NULL;
-		const char *msg = body ? json_string_value(json_object_get(body, "message")) : NULL;
-		char dflt[128];
-		if (code == NULL)
+		size_t cl, ml, sl;
+		const char *code = body_str(body, blen, "code", &cl);
+		const char *msg = body_str(body, blen, "message", &ml);
+		const char *step = body_str(body, blen, "step", &sl);
+		char dflt[160];
+		if (code == NULL) {
 			code = err_code_of(m->err);
+			cl = strlen(code);
+		}
 		if (msg == NULL) {
 			snprintf(dflt, sizeof(dflt), "pipeline '%s' failed: %s", c->pipeline,
 			         tr_strerror(m->err));
 			msg = dflt;
+			ml = strlen(dflt);
 		}
-		int status = status_of(code);
-		json_t *e = json_pack("{s:s,s:s}", "code", code, "message", msg);
-		json_t *v;
-		if (body && (v = json_object_get(body, "step")) != NULL)
-			json_object_set(e, "step", v);
-		if (body && (v = json_object_get(body, "attempts")) != NULL)
-			json_object_set(e, "attempts", v);
-		record_trace(ds, c, 0, code, steps, ms);
-		if (status == 503) {
-			json_int_t ra = body ? json_integer_value(json_object_get(body, "retry_after_ms")) : 0;
-			snprintf(r.extra, sizeof(r.extra), "Retry-After: %lld\r\n",
-			         (long long)(ra > 0 ? (ra + 999) / 1000 : 1));
+		char cbuf[16];
+		snprintf(cbuf, sizeof(cbuf), "%.*s", (int)cl, code);
+		r.status = status_of(cbuf);
+		tr__door_printf(o, "{%s\"error\":{\"code\":", stream ? "\"type\":\"error\"," : "");
+		tr__json_str(code, cl, o);
+		tr__buf_append(o, ",\"message\":", 11);
+		tr__json_str(msg, ml, o);
+		if (step != NULL) {
+			tr__buf_append(o, ",\"step\":", 8);
+			tr__json_str(step, sl, o);
 		}
-		json_t *ans = json_pack("{s:o,s:s,s:O}", "error", e, "trace_id", tid, "steps", steps);
-		if (c->mode != MODE_JSON && c->streaming) {
-			json_object_set_new(ans, "type", json_string("error"));
-			c->st = ST_IDLE;
-			stream_write(c, ans);
-			goto end_stream;
+		if (body != NULL && tr__mp_map_get(body, blen, "attempts", &v, &vl) == TR_OK)
+			tr__door_printf(o, ",\"attempts\":%llu", (unsigned long long)mp_uint(v, vl));
+		tr__buf_append(o, "}", 1);
+		if (r.status == 503) {
+			uint64_t ra = body && tr__mp_map_get(body, blen, "retry_after_ms", &v, &vl) == TR_OK
+			                  ? mp_uint(v, vl) : 0;
+			snprintf(r.extra, sizeof(r.extra), "Retry-After: %llu\r\n",
+			         (unsigned long long)(ra > 0 ? (ra + 999) / 1000 : 1));
 		}
-		tr__door_json(&r, status, ans);
+		record_trace(ds, c, cbuf, body ? tr_body_ref(m->body) : NULL, us);
 	}
-	json_decref(steps);
-	json_decref(body);
-	send_resp(c, &r);
-	tr_buf_free(&r.body);
-	return;
-end_stream:
-	json_decref(steps);
-	json_decref(body);
-	tr_buf_free(&r.body);
-	{
+	tr__door_printf(o, ",\"trace_id\":\"%s\",\"steps\":", tid);
+	tr__door_steps_json(body, blen, o);
+	tr__buf_append(o, "}", 1);
+	if (stream && (c->streaming || !is_err)) {
+		c->st = ST_IDLE; /* before the last chunk: keep_alive() reads it */
+		stream_write(c, o);
+		tr_buf_free(&r.body);
 		tr_buf b;
 		tr_buf_init(&b);
 		tr__buf_append(&b, "0\r\n\r\n", 5); /* the last chunk */
 		finish(c, &b, 200, keep_alive(c));
+		return;
 	}
+	tr__buf_append(o, "\n", 1);
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
 }
 
 /* ---- accepting -------------------------------------------------------- */
@@ -1280,6 +1383,13 @@ static int door_init(tr_ctx *ctx, void *st, const void *argp)
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
 	    bind(fd, (struct sockaddr *)&a->d->addr, a->d->addrlen) != 0)
 		goto sys_err;
+	/* Port 0: the first door's port, chosen by the kernel, becomes the
+	 * address of every other door (they start after it). */
+	if (a->idx == 0) {
+		socklen_t len = a->d->addrlen;
+		if (getsockname(fd, (struct sockaddr *)&a->d->addr, &len) != 0)
+			goto sys_err;
+	}
 	ds->listener = tr__malloc(sizeof(*ds->listener));
 	if (ds->listener == NULL) {
 		close(fd);
@@ -1385,8 +1495,10 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len
 		port = colon + 1;
 	}
 	char *end;
+	if (*port < '0' || *port > '9')
+		return -1; /* no sign, no space */
 	long p = strtol(port, &end, 10);
-	if (*port == '\0' || *end != '\0' || p < 0 || p > 65535)
+	if (*end != '\0' || p < 0 || p > 65535)
 		return -1;
 	if (host[0] == '\0')
 		snprintf(host, sizeof(host), "0.0.0.0");
@@ -1440,6 +1552,19 @@ int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	/* SO_REUSEPORT would let us share the port with another process of
+	 * the same user, silently splitting its traffic: bind once without
+	 * it first, so that a port in use (with or without reuseport) is an
+	 * error. */
+	int probe = socket(d->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe < 0 || bind(probe, (struct sockaddr *)&d->addr, d->addrlen) != 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
+		if (probe >= 0)
+			close(probe);
+		rc = TR_EIO;
+		goto fail;
+	}
+	close(probe);
 	for (unsigned i = 0; i < d->n; i++) {
 		char name[32];
 		door_arg a = {d, i, err, errlen};
@@ -1447,9 +1572,15 @@ int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err
 		memset(&so, 0, sizeof(so));
 		snprintf(name, sizeof(name), "http:%u", i);
 		so.name = name;
+		if (err != NULL && errlen > 0)
+			err[0] = '\0';
 		rc = tr__spawn_pinned(node, i, &door_ops, &a, &so, &d->refs[i]);
-		if (rc != TR_OK)
+		if (rc != TR_OK) {
+			if (err != NULL && errlen > 0 && err[0] == '\0')
+				snprintf(err, errlen, "cannot start the HTTP door on %s: %s", o->listen,
+				         tr_strerror(rc));
 			goto fail;
+		}
 	}
 	*out = d;
 	return TR_OK;
@@ -1508,19 +1639,26 @@ uint64_t tr_door_inflight(const tr_door *d)
 	return atomic_load_explicit(&d->inflight, memory_order_relaxed);
 }
 
+int tr_door_port(const tr_door *d)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&d->addr;
+	return sa->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+	                                 : ntohs(((const struct sockaddr_in *)sa)->sin_port);
+}
+
 uint32_t tr_door_connections(const tr_door *d)
 {
 	return atomic_load_explicit(&d->conns, memory_order_relaxed);
 }
 
-void tr__door_trace_add(tr_door *d, char *text)
+void tr__door_trace_add(tr_door *d, const door_trace *t)
 {
 	uv_mutex_lock(&d->ring_mu);
-	unsigned i = d->ring_next++ % DOOR_TRACES;
-	char *old = d->ring[i];
-	d->ring[i] = text;
+	door_trace *slot = &d->ring[d->ring_next++ % DOOR_TRACES];
+	tr_body *old = slot->answer;
+	*slot = *t; /* takes t's answer reference */
 	uv_mutex_unlock(&d->ring_mu);
-	free(old);
+	tr_body_unref(old);
 }
 
 void tr_door_free(tr_door *d)
@@ -1529,7 +1667,7 @@ void tr_door_free(tr_door *d)
 		return;
 	tr__door_conf_put(d->conf);
 	for (unsigned i = 0; i < DOOR_TRACES; i++)
-		free(d->ring[i]);
+		tr_body_unref(d->ring[i].answer);
 	uv_mutex_destroy(&d->conf_mu);
 	uv_mutex_destroy(&d->ring_mu);
 	tr__free(d->refs);

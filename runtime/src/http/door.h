@@ -55,6 +55,8 @@ int tr_door_set_config(tr_door *d, const tr_config *cfg, unsigned gen);
 void tr_door_drain(tr_door *d);
 /* Pipeline calls dispatched and not yet answered, all workers. */
 uint64_t tr_door_inflight(const tr_door *d);
+/* The port served (the kernel's choice when started on port 0). */
+int tr_door_port(const tr_door *d);
 /* Open connections, all workers. */
 uint32_t tr_door_connections(const tr_door *d);
 /* Frees the door; the node must have stopped (its doors terminated). */

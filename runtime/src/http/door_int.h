@@ -45,6 +45,16 @@ typedef struct door_conf {
 	size_t npipes;
 } door_conf;
 
+/* A finished run, for /v1/traces. */
+typedef struct door_trace {
+	uint64_t trace_hi, trace_lo;
+	uint64_t us;              /* run time seen by the door */
+	uint64_t ts_us;           /* when it ended (wall) */
+	char pipeline[64];
+	char code[16];            /* error code, "" when ok */
+	tr_body *answer;          /* owned reference: the engine's answer (steps), or NULL */
+} door_trace;
+
 struct tr_door {
 	tr_node *node;
 	tr_door_opts o;
@@ -61,7 +71,7 @@ struct tr_door {
 	atomic_ullong inflight;
 	atomic_int draining;      /* set once by the control thread */
 	uv_mutex_t ring_mu;       /* guards ring, ring_next */
-	char *ring[DOOR_TRACES];  /* owned JSON texts, oldest overwritten */
+	door_trace ring[DOOR_TRACES]; /* oldest overwritten */
 	unsigned ring_next;
 	/* counts[door][route][status]: each door writes only its own row,
 	 * with a relaxed load + store (single writer); readers sum rows. */
@@ -100,7 +110,9 @@ void tr__api_actors(tr_door *d, door_resp *r);
 void tr__api_pipelines(tr_door *d, door_resp *r);
 void tr__api_traces(tr_door *d, door_resp *r);
 void tr__api_status_page(tr_door *d, door_resp *r);
-/* Records one completed run for /v1/traces (text: owned JSON, taken). */
-void tr__door_trace_add(tr_door *d, char *text);
+/* Records one completed run for /v1/traces (takes t->answer's reference). */
+void tr__door_trace_add(tr_door *d, const door_trace *t);
+/* Appends the client's "steps" JSON array from an engine answer map. */
+void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out);
 
 #endif
