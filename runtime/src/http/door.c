@@ -1030,8 +1030,10 @@ static int status_of(const char *code)
 /* Appends us (µs) as milliseconds with three decimals, from integers. */
 static void put_ms(tr_buf *out, uint64_t us)
 {
-	tr__door_printf(out, "%llu.%03llu", (unsigned long long)(us / 1000u),
-	                (unsigned long long)(us % 1000u));
+	char frac[4] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
+	                (char)('0' + us % 10)};
+	tr__fmt_u64(out, us / 1000u);
+	tr__buf_append(out, frac, 4);
 }
 
 /* The unsigned integer at p (validated msgpack), or 0. */
@@ -1086,7 +1088,7 @@ static void map_json_ms(const unsigned char *p, size_t n, tr_buf *out)
 			} else {
 				tr__json_str(k, kn, out);
 				tr__buf_append(out, ":", 1);
-				tr__mp_json(v, vs, out);
+				tr__mp_json_checked(v, out);
 			}
 		}
 		q = v + vs;
@@ -1112,15 +1114,18 @@ void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 			cnt = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
 		const unsigned char *e = s + (s[0] <= 0x9f ? 1 : s[0] == 0xdc ? 3 : 5);
 		static const char *const keys[] = {"step", "actor", "attempts", "cached"};
+		static const char *const heads[] = {"{\"step\":", ",\"actor\":", ",\"attempts\":",
+		                                    ",\"cached\":"};
 		for (uint32_t i = 0; i < cnt; i++) {
 			size_t es = tr__mp_size(e);
 			const unsigned char *v;
 			size_t vl;
-			tr__door_printf(out, "%s{", i ? "," : "");
+			if (i > 0)
+				tr__buf_append(out, ",", 1);
 			for (int k = 0; k < 4; k++) {
-				tr__door_printf(out, "%s\"%s\":", k ? "," : "", keys[k]);
+				tr__buf_append(out, heads[k], strlen(heads[k]));
 				if (tr__mp_map_get(e, es, keys[k], &v, &vl) == TR_OK)
-					tr__mp_json(v, vl, out);
+					tr__mp_json_checked(v, out);
 				else
 					tr__buf_append(out, "null", 4);
 				if (k == 1) {
@@ -1235,7 +1240,7 @@ static void on_answer(dstate *ds, tr_msg *m)
 		r.status = 200;
 		tr__door_printf(o, "{%s\"output\":", stream ? "\"type\":\"done\"," : "");
 		if (body == NULL || tr__mp_map_get(body, blen, "output", &v, &vl) != TR_OK ||
-		    tr__mp_json(v, vl, o) != TR_OK)
+		    tr__mp_json_checked(v, o) != TR_OK)
 			tr__buf_append(o, "null", 4);
 		record_trace(ds, c, NULL, body ? tr_body_ref(m->body) : NULL, us);
 	} else {
@@ -1276,7 +1281,9 @@ static void on_answer(dstate *ds, tr_msg *m)
 		}
 		record_trace(ds, c, cbuf, body ? tr_body_ref(m->body) : NULL, us);
 	}
-	tr__door_printf(o, ",\"trace_id\":\"%s\",\"steps\":", tid);
+	tr__buf_append(o, ",\"trace_id\":\"", 13);
+	tr__buf_append(o, tid, 32);
+	tr__buf_append(o, "\",\"steps\":", 10);
 	tr__door_steps_json(body, blen, o);
 	tr__buf_append(o, "}", 1);
 	if (stream && (c->streaming || !is_err)) {

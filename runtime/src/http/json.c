@@ -256,7 +256,7 @@ static int emit(const unsigned char **pp, tr_buf *out, int as_key)
 		else if (!neg && u > (uint64_t)INT64_MAX)
 			rc = put_double(out, (double)u); /* past what JSON parsers read as integers */
 		else
-			rc = neg ? put(out, "%lld", (long long)s) : put(out, "%llu", (unsigned long long)u);
+			rc = neg ? put(out, "%lld", (long long)s) : tr__fmt_u64(out, u);
 		return rc;
 	}
 	if ((c >= 0xa0 && c <= 0xbf) || c == 0xd9 || c == 0xda || c == 0xdb) {
@@ -339,6 +339,26 @@ static int emit(const unsigned char **pp, tr_buf *out, int as_key)
 	/* ext types: no JSON spelling */
 	*pp = p + tr__mp_size(p);
 	return tr__buf_append(out, "null", 4);
+}
+
+int tr__mp_json_checked(const unsigned char *p, tr_buf *out)
+{
+	size_t mark = out->len;
+	int rc = emit(&p, out, 0);
+	if (rc != TR_OK)
+		out->len = mark;
+	return rc == TR_OK ? TR_OK : TR_ENOMEM;
+}
+
+int tr__fmt_u64(tr_buf *out, uint64_t v)
+{
+	char tmp[20];
+	size_t i = sizeof(tmp);
+	do {
+		tmp[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	return tr__buf_append(out, tmp + i, sizeof(tmp) - i);
 }
 
 int tr__mp_json(const unsigned char *p, size_t n, tr_buf *out)

@@ -27,6 +27,11 @@ int tr__json_to_mp(const json_t *j, tr_buf *out);
  * are not valid UTF-8 get U+FFFD for each bad byte. out is unchanged on
  * error. */
 int tr__mp_json(const unsigned char *p, size_t n, tr_buf *out);
+/* tr__mp_json for an object inside bytes already checked (the engine's
+ * answer, checked once): no check, so no length either. */
+int tr__mp_json_checked(const unsigned char *p, tr_buf *out);
+/* Appends v in decimal. */
+int tr__fmt_u64(tr_buf *out, uint64_t v);
 /* Appends s[0..n) as a JSON string literal. */
 int tr__json_str(const char *s, size_t n, tr_buf *out);
 
