@@ -18,6 +18,10 @@
 #define TR_KIND_ROW(k) {#k, &tr_##k##_ops, tr_##k##_check},
 
 /* Kinds built so far; one TR_DECLARE_KIND and one TR_KIND_ROW each. */
-#define TR_BUILTIN_KINDS /* (rows added as kinds land) */
+TR_DECLARE_KIND(intent);
+
+#define TR_BUILTIN_KINDS \
+	TR_KIND_ROW(intent) \
+	/* (rows added as kinds land) */
 
 #endif
