@@ -215,13 +215,13 @@ TT_TEST(multi_file_namespace)
 	      MSGPACK_UNPACK_SUCCESS);
 	TT_EQ(u.data.type, MSGPACK_OBJECT_MAP);
 	TT_EQ(u.data.via.map.size, 4);
-	TT_ASSERT(memcmp(u.data.via.map.ptr[0].key.via.str.ptr, "dsn", 3) == 0);
+	TT_ASSERT(memcmp(u.data.via.map.ptr[0].key.via.str.ptr, "dir", 3) == 0);
 	const msgpack_object *o = mp_get(&u.data, "top_k");
 	TT_ASSERT(o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 == 5);
-	o = mp_get(&u.data, "tables");
+	o = mp_get(&u.data, "extensions");
 	TT_ASSERT(o && o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 2);
-	o = mp_get(mp_get(&u.data, "weights"), "vector");
-	TT_ASSERT(o && o->type == MSGPACK_OBJECT_FLOAT64 && o->via.f64 == 0.6);
+	o = mp_get(&u.data, "k1");
+	TT_ASSERT(o && o->type == MSGPACK_OBJECT_FLOAT64 && o->via.f64 == 1.5);
 	msgpack_unpacked_destroy(&u);
 	tr_config_free(c);
 	tr_diag_free(&d);

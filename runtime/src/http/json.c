@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <msgpack.h>
@@ -215,7 +216,15 @@ static int put_double(tr_buf *out, double d)
 		return tr__buf_append(out, "null", 4);
 	if (d == floor(d) && fabs(d) < 1e15)
 		return put(out, "%.1f", d);
-	return put(out, "%.17g", d);
+	/* The shortest of %.15g..%.17g that reads back as d: 1.59, not
+	 * 1.5900000000000001. */
+	char tmp[40];
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
+		if (prec == 17 || strtod(tmp, NULL) == d)
+			break;
+	}
+	return tr__buf_append(out, tmp, strlen(tmp));
 }
 
 /* Writes the object at *pp and advances *pp past it. `as_key`: a map key

@@ -1,8 +1,8 @@
 -- Declarations split over two files share one namespace: this file holds
 -- the actors and the tree, pipelines.lua the pipeline that uses them.
 actor "intent" { kind = "intent" }
-actor "rag"    { kind = "rag", instances = 3, dsn = "postgres:///troupe", top_k = 5,
-                 weights = { bm25 = 0.4, vector = 0.6 }, tables = { "docs", "faq" } }
+actor "rag"    { kind = "rag", instances = 3, dir = "docs", top_k = 5,
+                 k1 = 1.5, extensions = { ".md", ".txt" } }
 actor "tag"    { receive = function(msg, ctx)
                    msg.tagged_by = ctx.actor
                    return msg
