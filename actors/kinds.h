@@ -19,12 +19,16 @@
 
 /* Kinds built so far; one TR_DECLARE_KIND and one TR_KIND_ROW each. */
 TR_DECLARE_KIND(intent);
+TR_DECLARE_KIND(execute);
+TR_DECLARE_KIND(telemetry);
 TR_DECLARE_KIND(generate);
 TR_DECLARE_KIND(rag);
 TR_DECLARE_KIND(safety);
 
 #define TR_BUILTIN_KINDS \
 	TR_KIND_ROW(intent) \
+	TR_KIND_ROW(execute) \
+	TR_KIND_ROW(telemetry) \
 	TR_KIND_ROW(generate) \
 	TR_KIND_ROW(rag) \
 	TR_KIND_ROW(safety) \

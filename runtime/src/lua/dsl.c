@@ -1023,9 +1023,29 @@ static int buf_write(void *data, const char *p, size_t n)
 	return tr__buf_append(data, p, n) == TR_OK ? 0 : -1;
 }
 
+/* The one of near[0..n) that key k is a likely typo of, or NULL: one edit
+ * away, or two for keys of six letters or more ("recieve"). Short kind
+ * settings two edits from a common key are real settings, not typos
+ * (telemetry's "sink" is two from "kind"). */
+static const char *near_typo(const char *k, const char *const *near, size_t n)
+{
+	unsigned cap = strlen(k) >= 6 ? 2 : 1;
+	const char *best = NULL;
+	unsigned bd = cap + 1;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned d = tr__lua_editdist(k, near[i], cap);
+		if (d < bd && strcmp(k, near[i]) != 0) {
+			bd = d;
+			best = near[i];
+		}
+	}
+	return best;
+}
+
 /* Encodes the keys of o that are not in known[] as a msgpack map into
- * a->config, sorted by key (stable bytes for the same file). A key within
- * the suggestion distance of one of near[] ("mailbx") is reported as a
+ * a->config, sorted by key (stable bytes for the same file). A key that
+ * near_typo() finds close to one of near[] ("mailbx") is reported as a
  * typo rather than passed on: the kind would never read it, and the
  * setting the user meant would silently keep its default. */
 static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
@@ -1055,7 +1075,7 @@ static void kind_config(fctx *f, int o, const char *const *known, size_t nknown,
 	sort_names(v, base);
 	keep = base;
 	for (size_t i = base; i < v->nnames; i++) {
-		const char *sg = suggest(v->names[i], near, nnear);
+		const char *sg = near_typo(v->names[i], near, nnear);
 		if (sg != NULL)
 			diag(v, f->w, "%s: unknown key '%s' (did you mean '%s'?)", f->who, v->names[i],
 			     sg);

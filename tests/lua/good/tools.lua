@@ -14,7 +14,7 @@ tool "book_appointment" {
     if booked[key] then return { booked = false, reason = "taken" } end
     booked[key] = ctx.tenant or true
     return { booked = true, date = args.date, slot = args.slot, note = args.note,
-             by = ctx.actor, attempt = ctx.attempt }
+             by = ctx.actor, attempt = ctx.attempt, tenant = ctx.tenant }
   end,
 }
 
@@ -30,11 +30,13 @@ tool "spin" {
   handler = function() while true do end end,
 }
 
-tool "sleepy" {
+tool "slow" {
   timeout = "1ms",
-  -- a few million instructions: more than 1 ms of wall time, well under
-  -- its instruction budget only if the machine is very fast
-  handler = function() local x = 0 for i = 1, 3000000 do x = x + i end return x end,
+  -- few instructions, but making 24 MB takes longer than 1 ms of wall time
+  handler = function() return #string.rep("x", 24000000) end,
 }
 
 tool "bad_result" { handler = function() return { f = function() end } end }
+
+-- a pipeline through the execute actor (test_execute runs it)
+pipeline "act" { step "exec" { timeout = "2s" } }
