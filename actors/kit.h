@@ -102,7 +102,9 @@ int tr_kpack_str(msgpack_packer *pk, const char *s, size_t n);
 /* Replies to req with its message plus o's fields (they win); frees o. */
 int tr_kout_reply(tr_ctx *ctx, const tr_msg *req, tr_kout *o);
 /* Error reply with the body {message = <formatted>}; `err` classifies it
- * for retry_on (TR_EINVAL: "error", not retried by default). */
+ * (engine.c classify): TR_EINVAL / TR_EPROTO = the input is bad: class
+ * "invalid", never retried, HTTP 422; TR_ETIMEDOUT "timeout"; anything
+ * else (TR_EFAILED) "error". */
 int tr_step_fail(tr_ctx *ctx, const tr_msg *req, int err, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 

@@ -385,6 +385,10 @@ static int add_sentence(tr_gen_ex *x, uint32_t psg, const char *t, size_t off, s
 		end--;
 	if (end - off < 3 || !words || x->sn >= TR_GEN_CANDIDATES_MAX)
 		return TR_OK;
+	/* Markdown structure is not prose: a heading ("# Retries") or a code
+	 * fence line would read as a sentence of the answer. */
+	if (t[off] == '#' || (end - off >= 3 && memcmp(t + off, "```", 3) == 0))
+		return TR_OK;
 	if (x->sn == x->scap) {
 		size_t cap = x->scap ? x->scap * 2 : 64;
 		sent *nv = tr__realloc(x->sv, cap * sizeof(*nv));
@@ -409,6 +413,32 @@ static const unsigned char ends[256] = {['\n'] = 1, ['.'] = 2, ['!'] = 2, ['?'] 
 #define NONE SIZE_MAX
 
 /*
+ * Whether the line end at u[i] ends a sentence. Text files wrap lines
+ * inside sentences (markdown, mail): a line end counts only before a blank
+ * line, the end of the passage, or a line that starts something else -- a
+ * heading, a list item, a quote, a table row, a code fence.
+ */
+static int line_ends_sentence(const unsigned char *u, size_t i, size_t n)
+{
+	size_t j = i + 1;
+	while (j < n && (u[j] == ' ' || u[j] == '\t' || u[j] == '\r'))
+		j++;
+	if (j >= n || u[j] == '\n')
+		return 1;
+	unsigned char c = u[j];
+	if (c == '#' || c == '>' || c == '|' || c == '`' || c == '~')
+		return 1;
+	if ((c == '*' || c == '-' || c == '+') && j + 1 < n && u[j + 1] == ' ')
+		return 1;
+	if (c >= '0' && c <= '9') {
+		while (j < n && u[j] >= '0' && u[j] <= '9')
+			j++;
+		return j + 1 < n && (u[j] == '.' || u[j] == ')') && u[j + 1] == ' ';
+	}
+	return 0;
+}
+
+/*
  * Splits passage t[0..n) into sentences and finds each one's terms, in
  * one pass: this is the hot loop of scoring (every byte of every passage
  * in context). Word bytes go through the word loop, which hashes as it
@@ -426,7 +456,13 @@ static int scan(tr_gen_ex *x, uint32_t psg, const char *t, size_t n)
 	while (i < n && x->sn < TR_GEN_CANDIDATES_MAX) {
 		if (!wordc[u[i]]) {
 			unsigned k = ends[u[i]];
-			int here = k == 1 || (k == 2 && (i + 1 == n || is_space(u[i + 1])));
+			int here = (k == 1 && line_ends_sentence(u, i, n)) ||
+			           (k == 2 && (i + 1 == n || is_space(u[i + 1])));
+			if (k == 1 && !here) {
+				/* a wrapped line: the sentence goes on */
+				i++;
+				continue;
+			}
 			if (start != NONE && (here || i - start >= TR_GEN_SENTENCE_LEN)) {
 				/* The end byte itself: '.' belongs to its sentence, a
 				 * line end to none; a sentence cut for length leaves

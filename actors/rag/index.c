@@ -594,6 +594,17 @@ static int is_fence(const char *text, size_t s, size_t e)
 	return e - s >= 3 && (memcmp(text + s, "```", 3) == 0 || memcmp(text + s, "~~~", 3) == 0);
 }
 
+/* Whether text[s, e) is one line (a heading) and then only white space. */
+static int only_heading(const char *text, size_t s, size_t e)
+{
+	while (s < e && text[s] != '\n')
+		s++;
+	for (; s < e; s++)
+		if (text[s] != '\n' && text[s] != ' ' && text[s] != '\t' && text[s] != '\r')
+			return 0;
+	return 1;
+}
+
 /* Splits file `file` (text[s, e)) into sections and chunks them. */
 static int chunk_file(builder *b, uint32_t file, size_t s, size_t e, int md)
 {
@@ -611,7 +622,12 @@ static int chunk_file(builder *b, uint32_t file, size_t s, size_t e, int md)
 		if (is_fence(ix->text, i, eol)) {
 			fenced = !fenced;
 		} else if (!fenced && heading(ix->text, i, eol, &ts, &te)) {
-			int rc = chunk_section(b, sec, i, file, sec_src, sec_line);
+			/* A section that is only its heading ("# Backpressure"
+			 * right before "## max_inflight") is no passage of its own:
+			 * its title would be retrieved with nothing to say. It
+			 * joins the next section (which names the source). */
+			int bare = sec_src != UINT32_MAX && only_heading(ix->text, sec, i);
+			int rc = bare ? TR_OK : chunk_section(b, sec, i, file, sec_src, sec_line);
 			if (rc != TR_OK)
 				return rc;
 			char title[84];
@@ -619,8 +635,10 @@ static int chunk_file(builder *b, uint32_t file, size_t s, size_t e, int md)
 			memcpy(title + 1, ix->text + ts, te - ts);
 			if ((rc = add_src(b, file, NULL, title, te - ts + 1, &sec_src)) != TR_OK)
 				return rc;
-			sec = i;
-			sec_line = line;
+			if (!bare) {
+				sec = i;
+				sec_line = line;
+			}
 		}
 		i = eol < e ? eol + 1 : e;
 		line++;

@@ -154,15 +154,21 @@ TT_TEST(assistant_loads)
 	tr_config *c = load1("pipelines/assistant.lua");
 	TT_ASSERT(c != NULL);
 	TT_EQ(c->npipelines, 2);
-	TT_EQ(c->nfns, 2);
+	/* 3 tool handlers, smalltalk's receive, 4 `when`s, in file order */
+	TT_EQ(c->nfns, 8);
+	TT_EQ(c->ntools, 3);
 	TT_EQ(c->node.threads, 0);
 	const tr_pipeline_spec *p = tr_config_pipeline(c, "assistant");
-	TT_EQ(p->steps.v[2].when_fn, 1);
-	TT_EQ(p->steps.v[1].u.route.nbranches, 2);
+	TT_EQ(p->steps.n, 3); /* safety, intent, route */
+	TT_STREQ(p->steps.v[0].u.call.actor, "safety");
+	TT_EQ(p->steps.v[1].when_fn, 4);
+	TT_EQ(p->steps.v[2].u.route.nbranches, 2);
 	/* branches are sorted by value */
-	TT_STREQ(p->steps.v[1].u.route.branches[0].value, "action");
-	TT_STREQ(p->steps.v[1].u.route.branches[1].value, "chitchat");
-	TT_EQ(tr_config_actor(c, "smalltalk")->receive_fn, 0);
+	TT_STREQ(p->steps.v[2].u.route.branches[0].value, "action");
+	TT_STREQ(p->steps.v[2].u.route.branches[1].value, "chitchat");
+	TT_EQ(p->steps.v[2].u.route.dflt.n, 3);
+	TT_EQ(p->steps.v[2].u.route.dflt.v[2].when_fn, 7);
+	TT_EQ(tr_config_actor(c, "smalltalk")->receive_fn, 3);
 	TT_ASSERT(tr_config_actor(c, "generate")->config != NULL);
 	tr_config_free(c);
 }

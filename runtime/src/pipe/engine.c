@@ -276,6 +276,11 @@ static int classify(int err)
 	case TR_EKILLED:
 	case TR_ENOACTOR: /* dead or restarting: its supervisor brings it back */
 		return C_CRASHED;
+	case TR_EINVAL:
+	case TR_EPROTO:
+		/* The actor says the message is bad (tr_step_fail with EINVAL):
+		 * no retry can help, and the HTTP door answers 422. */
+		return C_INVALID;
 	default: return C_ERROR;
 	}
 }
