@@ -158,6 +158,16 @@ check "SIGINT exits 0" test "$rc" = 0
 check "run without files and no default file exits 1" test $? -eq 1
 check "the missing default file is named" grep -q "pipelines/assistant.lua" "$tmp/err"
 
+# The example file loads and runs (its kinds are built in; rag
+# reads docs/ from the source root).
+(cd "$src" && exec "$troupe" run --http 127.0.0.1:0 pipelines/example.lua) 2>"$tmp/log3" &
+node=$!
+pids+=("$node")
+check "pipelines/example.lua runs" wait_log "$tmp/log3" '"msg":"node started","threads":2,"pid":[0-9]*,"generation":1,"actors":8,"pipelines":1'
+kill -TERM "$node"
+wait_exit "$node"
+check "example.lua node stops with 0" test "$rc" = 0
+
 # ---- reload: bad arguments --------------------------------------------------
 "$troupe" reload 2>/dev/null
 check "reload without target exits 2" test $? -eq 2
