@@ -30,8 +30,10 @@
 #include <troupe/troupe.h>
 
 #include "actors/kit.h"
+#include "actors/telemetry/telemetry.h"
 #include "http/door.h"
 #include "lua/tlua.h"
+#include "msg/msg_int.h"
 #include "pipe/live.h"
 
 static void usage(FILE *f)
@@ -117,6 +119,13 @@ static void log_diag(int level, const char *msg, const tr_diag *d)
 {
 	for (size_t i = 0; i < d->n; i++)
 		log_json(level, msg, "error", d->msgs[i], (const char *)NULL);
+}
+
+static int telemetry_events(tr_node *node, size_t max, tr_buf *out)
+{
+	int rc = tr_telemetry_ring_json(node, NULL, max, out);
+	/* no telemetry actor: no events, not an error */
+	return rc == TR_ENOTFOUND ? tr__buf_append(out, "[]", 2) : rc;
 }
 
 static int parse_uint(const char *s, unsigned long max, unsigned long *out)
@@ -469,6 +478,8 @@ int main(int argc, char **argv)
 		fputs("troupe: cannot register the built-in actor kinds\n", stderr);
 		return 1;
 	}
+	/* The telemetry kind's counters and ring, for /metrics and /v1/events. */
+	tr_door_extend(tr_telemetry_metrics, telemetry_events);
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc - 2, argv + 2);
 	if (strcmp(cmd, "check") == 0) {

@@ -166,6 +166,13 @@ try:
     check("/metrics counts the assistant's runs",
           'troupe_pipeline_runs_total{pipeline="assistant",outcome="ok"}' in m and
           'troupe_step_duration_seconds_count{pipeline="assistant",step="generate"}' in m, "")
+    check("/metrics has telemetry's counters", 'troupe_telemetry_events_total{actor="telemetry",event="end"}' in m, "")
+    c.request("GET", "/v1/events")
+    r = c.getresponse()
+    ev = json.loads(r.read())
+    check("/v1/events: the telemetry ring's step events",
+          r.status == 200 and len(ev["events"]) > 10 and
+          {"event", "pipeline", "step", "trace"} <= set(ev["events"][-1]), str(ev)[:300])
     c.close()
 finally:
     if proc.poll() is None:

@@ -17,6 +17,37 @@
 #include "msg/msg_int.h"
 #include "pipe/engine.h"
 
+/* ---- extensions (door.h) ----------------------------------------------- */
+
+/* Set once by main before any door starts, read by the doors after:
+ * thread start orders the writes before the reads. */
+static tr_door_metrics_fn ext_metrics;
+static tr_door_events_fn ext_events;
+
+void tr_door_extend(tr_door_metrics_fn metrics, tr_door_events_fn events)
+{
+	ext_metrics = metrics;
+	ext_events = events;
+}
+
+void tr__api_events(tr_door *d, door_resp *r)
+{
+	if (ext_events == NULL) {
+		tr__door_error(r, 404, "not_found", "no event source in this node");
+		return;
+	}
+	r->status = 200;
+	r->ctype = "application/json";
+	r->body.len = 0;
+	tr__buf_append(&r->body, "{\"events\":", 10);
+	size_t mark = r->body.len;
+	if (ext_events(d->node, 200, &r->body) != TR_OK) {
+		r->body.len = mark;
+		tr__buf_append(&r->body, "[]", 2);
+	}
+	tr__buf_append(&r->body, "}\n", 2);
+}
+
 /* ---- configuration snapshots ------------------------------------------ */
 
 static void free_strv(char **v, size_t n)
@@ -527,6 +558,8 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	tr__door_printf(b, "# HELP troupe_http_inflight Pipeline calls in flight from HTTP.\n"
 	       "# TYPE troupe_http_inflight gauge\ntroupe_http_inflight %llu\n",
 	    (unsigned long long)tr_door_inflight(d));
+	if (ext_metrics != NULL)
+		(void)ext_metrics(d->node, b);
 	tr__door_conf_put(c);
 }
 

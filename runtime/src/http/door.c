@@ -96,7 +96,7 @@ struct dstate {
 
 const char *const tr__door_route_names[R__N] = {
 	"/", "/health", "/ready", "/metrics", "/v1/actors", "/v1/pipelines",
-	"/v1/pipelines/{name}", "/v1/traces", "other"};
+	"/v1/pipelines/{name}", "/v1/traces", "/v1/events", "other"};
 const int tr__door_statuses[DOOR_NSTATUS] = {200, 400, 401, 403, 404, 405, 408, 411, 413,
                                              415, 422, 429, 431, 500, 502, 503, 504, 505};
 
@@ -950,7 +950,7 @@ static void handle_request(conn *c)
 		{"/", R_ROOT, tr__api_status_page},       {"/health", R_HEALTH, tr__api_health},
 		{"/ready", R_READY, tr__api_ready},       {"/metrics", R_METRICS, tr__api_metrics},
 		{"/v1/actors", R_ACTORS, tr__api_actors}, {"/v1/pipelines", R_PIPELINES, tr__api_pipelines},
-		{"/v1/traces", R_TRACES, tr__api_traces},
+		{"/v1/traces", R_TRACES, tr__api_traces},  {"/v1/events", R_EVENTS, tr__api_events},
 	};
 
 	while (plen < ulen && u[plen] != '?' && u[plen] != '#')

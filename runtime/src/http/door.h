@@ -59,6 +59,17 @@ uint64_t tr_door_inflight(const tr_door *d);
 int tr_door_port(const tr_door *d);
 /* Open connections, all workers. */
 uint32_t tr_door_connections(const tr_door *d);
+/*
+ * Extensions from layers above the runtime (the built-in actors): more
+ * /metrics text (appended after the door's own), and the body of GET
+ * /v1/events (recent step events; 404 when unset). Each is called on a
+ * worker, between turns; it appends to out and returns TR_OK or an error.
+ * Set before tr_door_start; the functions must outlive the door.
+ */
+typedef int (*tr_door_metrics_fn)(tr_node *node, tr_buf *out);
+typedef int (*tr_door_events_fn)(tr_node *node, size_t max, tr_buf *out);
+void tr_door_extend(tr_door_metrics_fn metrics, tr_door_events_fn events);
+
 /* Frees the door; the node must have stopped (its doors terminated). */
 void tr_door_free(tr_door *d);
 

@@ -16,7 +16,8 @@
 
 /* Routes, for the request counters (/metrics). */
 enum {
-	R_ROOT, R_HEALTH, R_READY, R_METRICS, R_ACTORS, R_PIPELINES, R_RUN, R_TRACES, R_OTHER,
+	R_ROOT, R_HEALTH, R_READY, R_METRICS, R_ACTORS, R_PIPELINES, R_RUN, R_TRACES, R_EVENTS,
+	R_OTHER,
 	R__N
 };
 extern const char *const tr__door_route_names[R__N];
@@ -109,6 +110,7 @@ void tr__api_metrics(tr_door *d, door_resp *r);
 void tr__api_actors(tr_door *d, door_resp *r);
 void tr__api_pipelines(tr_door *d, door_resp *r);
 void tr__api_traces(tr_door *d, door_resp *r);
+void tr__api_events(tr_door *d, door_resp *r);
 void tr__api_status_page(tr_door *d, door_resp *r);
 /* Records one completed run for /v1/traces (takes t->answer's reference). */
 void tr__door_trace_add(tr_door *d, const door_trace *t);
