@@ -504,10 +504,10 @@ def test_shutdown_and_reload():
     for x in ts:
         x.start()
     time.sleep(0.05)
-    for _ in range(100):
+    for _ in range(500):
         if (n.metric("troupe_http_inflight") or 0) >= 2:
             break
-        time.sleep(0.01)
+        time.sleep(0.02)
     rc = n.stop(signal.SIGTERM)
     for x in ts:
         x.join()
@@ -528,10 +528,14 @@ def test_shutdown_and_reload():
     ts = [threading.Thread(target=long_run) for _ in range(2)]
     for x in ts:
         x.start()
-    for _ in range(100):
+    # Wait (up to 10 s: sanitizer builds are slow) until a run is in flight.
+    busy = False
+    for _ in range(500):
         if (n.metric("troupe_http_inflight") or 0) >= 1:
+            busy = True
             break
-        time.sleep(0.01)
+        time.sleep(0.02)
+    check("a long run is in flight before the first SIGTERM", busy)
     t0 = time.time()
     n.proc.send_signal(signal.SIGTERM)
     n.wait_log('"msg":"draining"')
