@@ -144,7 +144,7 @@ int tr_kcfg_keys(tr_kcfg *c, const char *const *known)
 	return TR_OK;
 }
 
-static const char *type_name(const msgpack_object *o)
+const char *tr_kobj_type(const msgpack_object *o)
 {
 	switch (o->type) {
 	case MSGPACK_OBJECT_BOOLEAN: return "boolean";
@@ -155,6 +155,7 @@ static const char *type_name(const msgpack_object *o)
 	case MSGPACK_OBJECT_STR: return "string";
 	case MSGPACK_OBJECT_ARRAY: return "list";
 	case MSGPACK_OBJECT_MAP: return "table";
+	case MSGPACK_OBJECT_BIN: return "binary data";
 	default: return "nil";
 	}
 }
@@ -165,7 +166,7 @@ char *tr_kcfg_str(tr_kcfg *c, const char *key, const char *dflt)
 	if (o == NULL)
 		return dflt ? tr__strndup(dflt, strlen(dflt)) : NULL;
 	if (o->type != MSGPACK_OBJECT_STR) {
-		tr_kcfg_fail(c, "%s: expected a string, got %s", key, type_name(o));
+		tr_kcfg_fail(c, "%s: expected a string, got %s", key, tr_kobj_type(o));
 		return dflt ? tr__strndup(dflt, strlen(dflt)) : NULL;
 	}
 	return tr__strndup(o->via.str.ptr, o->via.str.size);
@@ -189,7 +190,7 @@ double tr_kcfg_num(tr_kcfg *c, const char *key, double dflt, double min, double 
 	if (o == NULL)
 		return dflt;
 	if (!as_num(o, &v) || !isfinite(v)) {
-		tr_kcfg_fail(c, "%s: expected a number, got %s", key, type_name(o));
+		tr_kcfg_fail(c, "%s: expected a number, got %s", key, tr_kobj_type(o));
 		return dflt;
 	}
 	if (v < min || v > max) {
@@ -206,7 +207,7 @@ int64_t tr_kcfg_int(tr_kcfg *c, const char *key, int64_t dflt, int64_t min, int6
 	if (o == NULL)
 		return dflt;
 	if (!as_num(o, &v) || v != floor(v)) {
-		tr_kcfg_fail(c, "%s: expected an integer, got %s", key, type_name(o));
+		tr_kcfg_fail(c, "%s: expected an integer, got %s", key, tr_kobj_type(o));
 		return dflt;
 	}
 	if (v < (double)min || v > (double)max) {
@@ -223,7 +224,7 @@ int tr_kcfg_bool(tr_kcfg *c, const char *key, int dflt)
 	if (o == NULL)
 		return dflt;
 	if (o->type != MSGPACK_OBJECT_BOOLEAN) {
-		tr_kcfg_fail(c, "%s: expected true or false, got %s", key, type_name(o));
+		tr_kcfg_fail(c, "%s: expected true or false, got %s", key, tr_kobj_type(o));
 		return dflt;
 	}
 	return o->via.boolean;
@@ -244,7 +245,7 @@ int tr_kcfg_strv(tr_kcfg *c, const char *key, char ***out, size_t *n)
 	if (o == NULL)
 		return TR_OK;
 	if (o->type != MSGPACK_OBJECT_ARRAY)
-		return tr_kcfg_fail(c, "%s: expected a list of strings, got %s", key, type_name(o));
+		return tr_kcfg_fail(c, "%s: expected a list of strings, got %s", key, tr_kobj_type(o));
 	char **v = tr__calloc(o->via.array.size + 1, sizeof(char *));
 	if (v == NULL)
 		return tr_kcfg_fail(c, "out of memory");
@@ -253,7 +254,7 @@ int tr_kcfg_strv(tr_kcfg *c, const char *key, char ***out, size_t *n)
 		if (e->type != MSGPACK_OBJECT_STR) {
 			tr_kstrv_free(v, i);
 			return tr_kcfg_fail(c, "%s: element %u: expected a string, got %s", key, i + 1,
-			                    type_name(e));
+			                    tr_kobj_type(e));
 		}
 		v[i] = tr__strndup(e->via.str.ptr, e->via.str.size);
 		if (v[i] == NULL) {

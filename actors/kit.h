@@ -84,6 +84,9 @@ int tr_kmsg_str(const tr_kmsg *k, const char *key, const char **s, size_t *n);
 /* The same field looked up in a msgpack object that is a map. */
 const msgpack_object *tr_kobj_get(const msgpack_object *map, const char *key);
 int tr_kobj_is(const msgpack_object *o, const char *s);
+/* The Lua-facing name of o's type, for messages: "string", "integer",
+ * "number", "boolean", "list", "table", "binary data", "nil". */
+const char *tr_kobj_type(const msgpack_object *o);
 
 /* ---- answering ---------------------------------------------------------- */
 

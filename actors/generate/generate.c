@@ -238,21 +238,6 @@ nomem:
 	return TR_ENOMEM;
 }
 
-static const char *type_name(const msgpack_object *o)
-{
-	switch (o->type) {
-	case MSGPACK_OBJECT_BOOLEAN: return "boolean";
-	case MSGPACK_OBJECT_POSITIVE_INTEGER:
-	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "integer";
-	case MSGPACK_OBJECT_FLOAT32:
-	case MSGPACK_OBJECT_FLOAT64: return "number";
-	case MSGPACK_OBJECT_STR: return "string";
-	case MSGPACK_OBJECT_BIN: return "bytes";
-	case MSGPACK_OBJECT_ARRAY: return "list";
-	case MSGPACK_OBJECT_MAP: return "table";
-	default: return "nil";
-	}
-}
 
 static int is_ws(char c)
 {
@@ -268,7 +253,7 @@ static int read_passages(gen_st *s, const tr_kmsg *k, size_t *np, char *msg, siz
 	if (l == NULL || l->type == MSGPACK_OBJECT_NIL)
 		return TR_OK;
 	if (l->type != MSGPACK_OBJECT_ARRAY) {
-		snprintf(msg, msglen, "passages: expected a list, got %s", type_name(l));
+		snprintf(msg, msglen, "passages: expected a list, got %s", tr_kobj_type(l));
 		return TR_EINVAL;
 	}
 	for (uint32_t i = 0; i < l->via.array.size && *np < TR_GWIN_ITEMS_MAX; i++) {
@@ -279,17 +264,17 @@ static int read_passages(gen_st *s, const tr_kmsg *k, size_t *np, char *msg, siz
 		tr_gwin_item *it = &s->items[*np];
 		if (p->type != MSGPACK_OBJECT_MAP) {
 			snprintf(msg, msglen, "passages[%u]: expected a table, got %s", i + 1,
-			         type_name(p));
+			         tr_kobj_type(p));
 			return TR_EINVAL;
 		}
 		if (t == NULL || t->type != MSGPACK_OBJECT_STR) {
 			snprintf(msg, msglen, "passages[%u].text: expected a string, got %s", i + 1,
-			         t ? type_name(t) : "nil");
+			         t ? tr_kobj_type(t) : "nil");
 			return TR_EINVAL;
 		}
 		if (src != NULL && src->type != MSGPACK_OBJECT_STR && src->type != MSGPACK_OBJECT_NIL) {
 			snprintf(msg, msglen, "passages[%u].source: expected a string, got %s", i + 1,
-			         type_name(src));
+			         tr_kobj_type(src));
 			return TR_EINVAL;
 		}
 		it->score = 0;
@@ -302,7 +287,7 @@ static int read_passages(gen_st *s, const tr_kmsg *k, size_t *np, char *msg, siz
 				it->score = (double)sc->via.i64;
 			else {
 				snprintf(msg, msglen, "passages[%u].score: expected a number, got %s", i + 1,
-				         type_name(sc));
+				         tr_kobj_type(sc));
 				return TR_EINVAL;
 			}
 			if (it->score != it->score) /* NaN sorts nowhere */
@@ -386,7 +371,7 @@ static int gen_receive(tr_ctx *ctx, void *state, tr_msg *m)
 			snprintf(msg, sizeof(msg), "text: missing");
 		else
 			snprintf(msg, sizeof(msg), "text: expected a string, got %s",
-			         type_name(tr_kmsg_get(&k, "text")));
+			         tr_kobj_type(tr_kmsg_get(&k, "text")));
 		goto bad;
 	}
 	while (qn > 0 && is_ws(q[0]))
@@ -400,7 +385,7 @@ static int gen_receive(tr_ctx *ctx, void *state, tr_msg *m)
 	rc = tr_kmsg_str(&k, "session", &sid, &sidn);
 	if (rc == TR_EINVAL) {
 		snprintf(msg, sizeof(msg), "session: expected a string, got %s",
-		         type_name(tr_kmsg_get(&k, "session")));
+		         tr_kobj_type(tr_kmsg_get(&k, "session")));
 		goto bad;
 	}
 	if (rc == TR_OK && sidn > SESSION_MAX) {

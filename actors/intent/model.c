@@ -459,21 +459,6 @@ const char *tr__intent_fallback(const tr_intent_model *m)
 static const char *const known_keys[] = {"labels",  "rules",   "examples", "threshold",
                                          "fallback", "bigrams", "smoothing", NULL};
 
-static const char *kind_of(const msgpack_object *o)
-{
-	switch (o->type) {
-	case MSGPACK_OBJECT_BOOLEAN: return "boolean";
-	case MSGPACK_OBJECT_POSITIVE_INTEGER:
-	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "integer";
-	case MSGPACK_OBJECT_FLOAT32:
-	case MSGPACK_OBJECT_FLOAT64: return "number";
-	case MSGPACK_OBJECT_STR: return "string";
-	case MSGPACK_OBJECT_ARRAY: return "list";
-	case MSGPACK_OBJECT_MAP: return "table";
-	case MSGPACK_OBJECT_BIN: return "binary data";
-	default: return "nil";
-	}
-}
 
 /* A Lua {} arrives as an empty map: it is an empty list too. */
 static int is_list(const msgpack_object *o)
@@ -545,7 +530,7 @@ static int read_labels(tr_kcfg *c, tr_intent_model *m)
 	if (o == NULL)
 		return TR_OK;
 	if (!is_list(o))
-		return tr_kcfg_fail(c, "labels: expected a list of intent names, got %s", kind_of(o));
+		return tr_kcfg_fail(c, "labels: expected a list of intent names, got %s", tr_kobj_type(o));
 	if (list_len(o) == 0)
 		return tr_kcfg_fail(c, "labels: must name at least one intent");
 	for (uint32_t i = 0; i < list_len(o); i++) {
@@ -553,7 +538,7 @@ static int read_labels(tr_kcfg *c, tr_intent_model *m)
 		char what[32];
 		snprintf(what, sizeof(what), "labels[%u]", i + 1);
 		if (e->type != MSGPACK_OBJECT_STR)
-			return tr_kcfg_fail(c, "%s: expected a string, got %s", what, kind_of(e));
+			return tr_kcfg_fail(c, "%s: expected a string, got %s", what, tr_kobj_type(e));
 		if (label_find(m, e->via.str.ptr, e->via.str.size) >= 0)
 			return tr_kcfg_fail(c, "%s: '%.*s' is listed twice", what, (int)e->via.str.size,
 			                    e->via.str.ptr);
@@ -710,7 +695,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 	snprintf(what, sizeof(what), "rules[%u]", idx + 1);
 	if (o->type != MSGPACK_OBJECT_MAP)
 		return tr_kcfg_fail(c, "%s: expected a table { intent = ..., pattern = ... }, got %s",
-		                    what, kind_of(o));
+		                    what, tr_kobj_type(o));
 	for (uint32_t i = 0; i < o->via.map.size; i++) {
 		const msgpack_object *k = &o->via.map.ptr[i].key;
 		if (!tr_kobj_is(k, "intent") && !tr_kobj_is(k, "pattern") &&
@@ -728,7 +713,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 	if (intent == NULL)
 		return tr_kcfg_fail(c, "%s: intent is missing", what);
 	if (intent->type != MSGPACK_OBJECT_STR)
-		return tr_kcfg_fail(c, "%s.intent: expected a string, got %s", what, kind_of(intent));
+		return tr_kcfg_fail(c, "%s.intent: expected a string, got %s", what, tr_kobj_type(intent));
 	char iwhat[64];
 	snprintf(iwhat, sizeof(iwhat), "%s.intent", what);
 	r->label = label_use(c, m, iwhat, intent->via.str.ptr, intent->via.str.size);
@@ -741,7 +726,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 			return tr_kcfg_fail(c, "%s.slots: only a pattern has slots", what);
 		if (!is_list(kws))
 			return tr_kcfg_fail(c, "%s.keywords: expected a list of strings, got %s", what,
-			                    kind_of(kws));
+			                    tr_kobj_type(kws));
 		if (list_len(kws) == 0)
 			return tr_kcfg_fail(c, "%s.keywords: the list is empty", what);
 		r->kw = tr__calloc(list_len(kws), sizeof(char *));
@@ -751,7 +736,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 			const msgpack_object *e = &kws->via.array.ptr[i];
 			if (e->type != MSGPACK_OBJECT_STR)
 				return tr_kcfg_fail(c, "%s.keywords[%u]: expected a string, got %s", what, i + 1,
-				                    kind_of(e));
+				                    tr_kobj_type(e));
 			if ((r->kw[i] = words_of(e->via.str.ptr, e->via.str.size)) == NULL)
 				return tr_kcfg_fail(c, "out of memory");
 			r->nkw = i + 1;
@@ -763,7 +748,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 	}
 	r->is_re = 1;
 	if (pat->type != MSGPACK_OBJECT_STR)
-		return tr_kcfg_fail(c, "%s.pattern: expected a string, got %s", what, kind_of(pat));
+		return tr_kcfg_fail(c, "%s.pattern: expected a string, got %s", what, tr_kobj_type(pat));
 	if (pat->via.str.size == 0)
 		return tr_kcfg_fail(c, "%s.pattern: is empty", what);
 	char *ere = translate(pat->via.str.ptr, pat->via.str.size, why, sizeof(why));
@@ -780,7 +765,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 	if (slots == NULL)
 		return TR_OK;
 	if (!is_list(slots))
-		return tr_kcfg_fail(c, "%s.slots: expected a list of names, got %s", what, kind_of(slots));
+		return tr_kcfg_fail(c, "%s.slots: expected a list of names, got %s", what, tr_kobj_type(slots));
 	if (list_len(slots) > TR_INTENT_MAX_SLOTS)
 		return tr_kcfg_fail(c, "%s.slots: at most %d names", what, TR_INTENT_MAX_SLOTS);
 	if (list_len(slots) > r->re.re_nsub)
@@ -790,7 +775,7 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 		const msgpack_object *e = &slots->via.array.ptr[i];
 		if (e->type != MSGPACK_OBJECT_STR)
 			return tr_kcfg_fail(c, "%s.slots[%u]: expected a string, got %s", what, i + 1,
-			                    kind_of(e));
+			                    tr_kobj_type(e));
 		r->nslots = i + 1;
 		if (e->via.str.size == 0 || (e->via.str.size == 1 && e->via.str.ptr[0] == '_'))
 			continue; /* this group is not captured */
@@ -811,7 +796,7 @@ static int read_rules(tr_kcfg *c, tr_intent_model *m)
 	if (o == NULL)
 		return TR_OK;
 	if (!is_list(o))
-		return tr_kcfg_fail(c, "rules: expected a list of rules, got %s", kind_of(o));
+		return tr_kcfg_fail(c, "rules: expected a list of rules, got %s", tr_kobj_type(o));
 	if (list_len(o) == 0)
 		return TR_OK;
 	m->rules = tr__calloc(list_len(o), sizeof(rule));
@@ -883,7 +868,7 @@ static int read_examples(tr_kcfg *c, tr_intent_model *m)
 	}
 	if (o->type != MSGPACK_OBJECT_MAP)
 		return tr_kcfg_fail(c, "examples: expected a table { intent = { \"text\", ... } }, "
-		                    "got %s", kind_of(o));
+		                    "got %s", tr_kobj_type(o));
 	if (o->via.map.size == 0)
 		return tr_kcfg_fail(c, "examples: is empty (give some, or examples = false for "
 		                    "rules only)");
@@ -896,7 +881,7 @@ static int read_examples(tr_kcfg *c, tr_intent_model *m)
 	for (uint32_t i = 0; i < o->via.map.size; i++) {
 		if (kv[i].key.type != MSGPACK_OBJECT_STR) {
 			tr_kcfg_fail(c, "examples: keys must be intent names (strings), got %s",
-			             kind_of(&kv[i].key));
+			             tr_kobj_type(&kv[i].key));
 			tr__free(kv);
 			return TR_EINVAL;
 		}
@@ -911,7 +896,7 @@ static int read_examples(tr_kcfg *c, tr_intent_model *m)
 		if (l < 0) {
 			rc = TR_EINVAL;
 		} else if (!is_list(v)) {
-			rc = tr_kcfg_fail(c, "%s: expected a list of example texts, got %s", what, kind_of(v));
+			rc = tr_kcfg_fail(c, "%s: expected a list of example texts, got %s", what, tr_kobj_type(v));
 		} else if (list_len(v) == 0) {
 			rc = tr_kcfg_fail(c, "%s: no examples", what);
 		} else {
@@ -920,7 +905,7 @@ static int read_examples(tr_kcfg *c, tr_intent_model *m)
 				char ewhat[160];
 				snprintf(ewhat, sizeof(ewhat), "%s[%u]", what, j + 1);
 				if (e->type != MSGPACK_OBJECT_STR)
-					rc = tr_kcfg_fail(c, "%s: expected a string, got %s", ewhat, kind_of(e));
+					rc = tr_kcfg_fail(c, "%s: expected a string, got %s", ewhat, tr_kobj_type(e));
 				else
 					rc = train_one(c, m, l, e->via.str.ptr, e->via.str.size, ewhat);
 			}
@@ -941,7 +926,7 @@ static int read_fallback(tr_kcfg *c, tr_intent_model *m)
 		return m->fallback ? TR_OK : tr_kcfg_fail(c, "out of memory");
 	}
 	if (o->type != MSGPACK_OBJECT_STR)
-		return tr_kcfg_fail(c, "fallback: expected a string, got %s", kind_of(o));
+		return tr_kcfg_fail(c, "fallback: expected a string, got %s", tr_kobj_type(o));
 	if (o->via.str.size == 0 || memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL)
 		return tr_kcfg_fail(c, "fallback: must be a non-empty intent name");
 	if (m->fixed && label_find(m, o->via.str.ptr, o->via.str.size) < 0) {

@@ -58,20 +58,6 @@ typedef struct tel_cfg {
 	uint64_t max_line;
 } tel_cfg;
 
-static const char *mp_type(const msgpack_object *o)
-{
-	switch (o->type) {
-	case MSGPACK_OBJECT_BOOLEAN: return "boolean";
-	case MSGPACK_OBJECT_POSITIVE_INTEGER:
-	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "integer";
-	case MSGPACK_OBJECT_FLOAT32:
-	case MSGPACK_OBJECT_FLOAT64: return "number";
-	case MSGPACK_OBJECT_STR: return "string";
-	case MSGPACK_OBJECT_ARRAY: return "list";
-	case MSGPACK_OBJECT_MAP: return "table";
-	default: return "nil";
-	}
-}
 
 #define SIZE_HINT "a number of bytes, or \"512B\", \"64KiB\", \"1MiB\", \"1GiB\""
 
@@ -120,7 +106,7 @@ static uint64_t kcfg_size(tr_kcfg *k, const char *key, uint64_t dflt, uint64_t m
 			return dflt;
 		}
 	} else {
-		tr_kcfg_fail(k, "%s: expected a size (%s), got %s", key, SIZE_HINT, mp_type(o));
+		tr_kcfg_fail(k, "%s: expected a size (%s), got %s", key, SIZE_HINT, tr_kobj_type(o));
 		return dflt;
 	}
 	if (v < min || v > max) {
@@ -148,7 +134,7 @@ static int one_sink(tr_kcfg *k, const msgpack_object *o, unsigned *sinks)
 
 	if (o->type != MSGPACK_OBJECT_STR)
 		return tr_kcfg_fail(k, "sink: expected \"ring\", \"file\" or \"stdout\" (or a list "
-		                       "of them), got %s", mp_type(o));
+		                       "of them), got %s", tr_kobj_type(o));
 	for (size_t i = 0; i < 3; i++) {
 		if (tr_kobj_is(o, sink_names[i])) {
 			if (*sinks & sink_bits[i])
