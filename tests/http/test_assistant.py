@@ -20,27 +20,13 @@ import sys
 import tempfile
 import time
 
+from tt import check, free_port, summary
+
 TROUPE, SRC = os.path.abspath(sys.argv[1]), sys.argv[2]
-passed = failed = 0
 
 
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + (": " + str(detail)[:600] if detail else ""), file=sys.stderr)
-    return cond
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 port = free_port()
@@ -185,5 +171,4 @@ finally:
         check("SIGTERM stops the assistant with status 0", rc == 0, (rc, logtext()[-400:]))
     os.unlink(log.name)
 
-print("tt: test_assistant: %d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(summary("test_assistant"))

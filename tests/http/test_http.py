@@ -20,29 +20,15 @@ import tempfile
 import threading
 import time
 
+from tt import check, free_port, summary
+
 TROUPE, SRC = sys.argv[1], sys.argv[2]
 TMP = tempfile.mkdtemp(prefix="troupe-http-")
 procs = []
-passed = failed = 0
 
 
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + (": " + str(detail) if detail else ""), file=sys.stderr)
-    return cond
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Node:
@@ -571,8 +557,7 @@ def main():
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    print("tt: test_http: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+        sys.exit(summary("test_http"))
 
 
 main()

@@ -27,29 +27,15 @@ import sys
 import tempfile
 import time
 
+from tt import check, free_port, summary
+
 TROUPE = sys.argv[1] if len(sys.argv) > 1 else "build/troupe"
 TMP = tempfile.mkdtemp(prefix="troupe-status-")
-passed = failed = 0
 sys.stdout.reconfigure(line_buffering=True)
 
 
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print("ok   " + name)
-    else:
-        failed += 1
-        print("FAIL " + name + (": " + str(detail) if detail else ""), file=sys.stderr)
-    return cond
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 PIPELINE = r'''
@@ -475,9 +461,9 @@ def main():
 t_start = time.time()
 main()
 print("(%.1f s)" % (time.time() - t_start))
-if failed:
+import tt
+if tt.failed:
     print("logs kept in " + TMP, file=sys.stderr)
 else:
     shutil.rmtree(TMP, ignore_errors=True)
-print("tt: test_status_page: %d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(summary("test_status_page"))
