@@ -25,7 +25,8 @@ actor "rag" { kind = "rag", mailbox = 512, overflow = "block", instances = 4,
 
 -- Extractive answers (no model needed); the backup answers shorter.
 actor "generate" { kind = "generate", mailbox = 128, overflow = "reject",
-                   model = "extractive", max_tokens = 512, max_sentences = 3 }
+                   model = "extractive", max_tokens = 512, max_sentences = 3,
+                   stream = true }   -- sentence by sentence, as it is composed
 actor "generate_backup" { kind = "generate", mailbox = 64, overflow = "reject",
                           model = "extractive-short", max_tokens = 256, max_sentences = 1 }
 
@@ -88,6 +89,7 @@ supervisor "root"   { strategy = "one_for_one", max_restarts = 5, within = "10s"
 
 pipeline "assistant" {
   deadline = "8s", max_inflight = 2000, tap = "telemetry",
+  stream = "safety",   -- streamed answer text is redacted by safety before a client sees it
   step "safety" { timeout = "100ms" },                  -- the input: PII redacted, injection blocked
   step "intent" { timeout = "50ms", retries = 2, when = function(msg) return not msg.blocked end,
                   backoff = { base = "5ms", max = "100ms", jitter = true } },

@@ -36,6 +36,9 @@
 #include "actors/kit.h"
 #include "actors/safety/detect.h"
 #include "lua/tlua.h" /* TR_TAG_STEP */
+#include "pipe/engine.h" /* TR_TAG_STREAM_* */
+#include "sched/sched.h" /* tr__map */
+#include "actors/safety/stream.h"
 #include "pipe/mp.h"
 
 #define NFIELDS 2
@@ -59,7 +62,16 @@ typedef struct safety_st {
 	tr_buf red;
 	reason rs[REASONS_MAX];
 	size_t nrs;
+	/* Streamed answers being filtered for pipeline engines (engine.h,
+	 * "Streamed text"): (stream id, engine) -> tr_safety_stream *. */
+	tr__map streams;
+	size_t nstreams;
+	tr_buf sout;       /* scratch: the safe text of one chunk */
 } safety_st;
+
+/* Open streams per actor at most: past it a new one is refused (blocked,
+ * so its run ends with an explicit error, not a silent pass). */
+#define STREAMS_MAX 4096
 
 /* One field of the message being checked. */
 typedef struct field {
@@ -264,12 +276,93 @@ static int safety_step(tr_ctx *ctx, safety_st *st, const tr_msg *m, tr_kmsg *k)
 	return rc;
 }
 
+/* Answers a stream chunk: {text} or {blocked = why}; arg 1 = the last. */
+static void stream_out(tr_ctx *ctx, const tr_msg *req, const tr_buf *text, const char *blocked,
+                       int last)
+{
+	tr_buf b;
+	msgpack_packer pk;
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	msgpack_pack_map(&pk, 1);
+	if (blocked != NULL) {
+		tr__mp_pack_cstr(&pk, "blocked");
+		tr__mp_pack_cstr(&pk, blocked);
+	} else {
+		tr__mp_pack_cstr(&pk, "text");
+		tr_kpack_str(&pk, text ? (const char *)text->data : "", text ? text->len : 0);
+	}
+	tr_msg *o = tr_msg_new();
+	if (o != NULL && (o->body = tr_body_new(b.data, b.len)) != NULL) {
+		o->tag = TR_TAG_STREAM_OUT;
+		o->flags = TR_MSGF_SYSTEM; /* before the engine's later step replies */
+		o->corr = req->corr;
+		o->arg = last || blocked ? 1 : 0;
+		(void)tr_send(ctx, req->from, o);
+	} else {
+		tr_msg_free(o);
+	}
+	tr_buf_free(&b);
+}
+
+static void stream_drop(safety_st *st, const tr_msg *m, tr_safety_stream *ss)
+{
+	void *p;
+	tr__map_del(&st->streams, m->corr, m->from, &p);
+	tr_safety_stream_fini(ss);
+	tr__free(ss);
+	st->nstreams--;
+}
+
+/* A chunk of a streamed answer (engine.h): feed it to the stream's
+ * redactor, answer what is safe to show; the last one flushes. */
+static int stream_chunk(tr_ctx *ctx, safety_st *st, tr_msg *m)
+{
+	tr__map_ent *ent = tr__map_get(&st->streams, m->corr, m->from);
+	tr_safety_stream *ss = ent ? ent->ptr : NULL;
+	const char *txt = "";
+	size_t n = 0;
+	tr_kmsg k;
+	int last = m->arg == 1;
+
+	if (ss == NULL) {
+		if (m->corr == 0 || st->nstreams >= STREAMS_MAX) {
+			stream_out(ctx, m, NULL, "too many streams being filtered", 1);
+			return TR_OK;
+		}
+		ss = tr__malloc(sizeof(*ss));
+		if (ss == NULL || tr__map_put(&st->streams, m->corr, m->from, ss) != TR_OK) {
+			tr__free(ss);
+			stream_out(ctx, m, NULL, "out of memory", 1);
+			return TR_OK;
+		}
+		tr_safety_stream_init(ss, &st->r);
+		st->nstreams++;
+	}
+	if (tr_kmsg_open(&k, m) == TR_OK && tr_kmsg_str(&k, "text", &txt, &n) != TR_OK)
+		txt = "", n = 0;
+	st->sout.len = 0;
+	int rc = tr_safety_stream_feed(ss, txt, n, &st->sout);
+	tr_kmsg_close(&k);
+	if (rc == TR_OK && last)
+		rc = tr_safety_stream_flush(ss, &st->sout);
+	if (rc != TR_OK)
+		stream_out(ctx, m, NULL, rc == TR_EINVAL && ss->why[0] ? ss->why : "cannot check the stream", 1);
+	else if (st->sout.len > 0 || last)
+		stream_out(ctx, m, &st->sout, NULL, last);
+	if (rc != TR_OK || last)
+		stream_drop(st, m, ss);
+	return TR_OK;
+}
+
 static int safety_receive(tr_ctx *ctx, void *state, tr_msg *m)
 {
 	safety_st *st = state;
 	tr_kmsg k;
 	int rc;
 
+	if (m->tag == TR_TAG_STREAM_CHUNK && !(m->flags & TR_MSGF_ASK))
+		return stream_chunk(ctx, st, m);
 	if (!(m->flags & TR_MSGF_ASK))
 		return TR_OK;
 	if (m->tag != TR_TAG_STEP) /* answered, so that the asker does not wait */
@@ -285,6 +378,14 @@ static int safety_receive(tr_ctx *ctx, void *state, tr_msg *m)
 
 static void safety_free(safety_st *st)
 {
+	for (uint32_t i = 0; i < st->streams.cap; i++) {
+		if (st->streams.ents[i].key != 0) {
+			tr_safety_stream_fini(st->streams.ents[i].ptr);
+			tr__free(st->streams.ents[i].ptr);
+		}
+	}
+	tr__map_free(&st->streams);
+	tr_buf_free(&st->sout);
 	tr_safety_rules_free(&st->r);
 	for (int f = 0; f < NFIELDS; f++)
 		tr_safety_scan_free(&st->sc[f]);
@@ -299,6 +400,7 @@ static int safety_init(tr_ctx *ctx, void *state, const void *arg)
 	for (int f = 0; f < NFIELDS; f++)
 		tr_safety_scan_init(&st->sc[f]);
 	tr_buf_init(&st->red);
+	tr_buf_init(&st->sout);
 	rc = tr_safety_rules_load(&st->r, arg, NULL, 0);
 	if (rc != TR_OK)
 		safety_free(st);

@@ -53,6 +53,31 @@ def ask(text, pipeline="assistant", headers=None, body=None):
         return r.status, data
 
 
+def stream(port_, pipeline, text):
+    """A streamed run: the list of NDJSON events."""
+    s = socket.create_connection(("127.0.0.1", port_), timeout=10)
+    b = json.dumps({"input": {"text": text}}).encode()
+    s.sendall(b"POST /v1/pipelines/%s HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (pipeline.encode(), len(b), b))
+    raw = b""
+    while True:
+        x = s.recv(65536)
+        if not x:
+            break
+        raw += x
+    s.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    payload = b""
+    while rest:
+        line, _, rest = rest.partition(b"\r\n")
+        n = int(line, 16)
+        if n == 0:
+            break
+        payload += rest[:n]
+        rest = rest[n + 2:]
+    return [json.loads(l) for l in payload.decode().splitlines() if l]
+
+
 try:
     up = False
     for _ in range(100):
@@ -97,8 +122,14 @@ try:
         payload += rest[:n]
         rest = rest[n + 2:]
     evs = [json.loads(l) for l in payload.decode().splitlines() if l]
-    check("a streamed question: step events, then done", len(evs) > 5 and evs[-1].get("type") == "done" and
-          all(e["type"] == "step" for e in evs[:-1]), [e.get("type") for e in evs])
+    check("a streamed question: step events, deltas, then done", len(evs) > 5 and
+          evs[-1].get("type") == "done" and all(e["type"] in ("step", "delta") for e in evs[:-1]),
+          [e.get("type") for e in evs])
+    deltas = "".join(e["text"] for e in evs if e.get("type") == "delta")
+    check("the answer streams as delta events, through safety, equal to the answer",
+          deltas and evs[-1].get("type") == "done" and deltas == evs[-1]["output"]["answer"],
+          (deltas, evs[-1:]))
+    evs = [e for e in evs if e.get("type") != "delta"]
     check("the streamed done carries a grounded answer",
           evs and "backpressure" in evs[-1].get("output", {}).get("answer", "").lower() and
           evs[-1]["output"]["sources"][0].startswith("backpressure.md"), evs[-1:] if evs else raw[:300])
@@ -160,6 +191,50 @@ try:
           r.status == 200 and len(ev["events"]) > 10 and
           {"event", "pipeline", "step", "trace"} <= set(ev["events"][-1]), str(ev)[:300])
     c.close()
+    # Streaming through safety on documents that hold PII and a blocked
+    # word: the e-mail never reaches the client unredacted, and a blocked
+    # sentence ends the stream with an error event.
+    tmp = tempfile.mkdtemp(prefix="troupe-assistant-docs-")
+    os.mkdir(os.path.join(tmp, "docs"))
+    with open(os.path.join(tmp, "docs", "support.md"), "w") as f:
+        f.write("# Support\n\nFor help with retries write to help@example.com any day.\n\n"
+                "# Demo\n\nThe demo account password is hunter2 for everyone.\n")
+    with open(os.path.join(tmp, "s.lua"), "w") as f:
+        f.write("""
+actor "rag" { kind = "rag", dir = "docs" }
+actor "generate" { kind = "generate", stream = true }
+actor "safety" { kind = "safety", blocklist = { "password" } }
+pipeline "ask" { stream = "safety", step "rag" {}, step "generate" {},
+                 step "safety" { when = function(msg) return msg.answer ~= nil end } }
+""")
+    port2 = free_port()
+    p2 = subprocess.Popen([TROUPE, "run", "--http", "127.0.0.1:%d" % port2, "s.lua"], cwd=tmp,
+                          stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port2), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        evs = stream(port2, "ask", "how do I get help with retries?")
+        deltas = "".join(e["text"] for e in evs if e.get("type") == "delta")
+        done = evs[-1].get("output", {}) if evs else {}
+        check("streamed PII is redacted before the client sees it (deltas and answer)",
+              "[EMAIL]" in deltas and "help@example.com" not in deltas and
+              "help@example.com" not in done.get("answer", "x@y"), evs)
+        evs = stream(port2, "ask", "what is the demo account password?")
+        check("a blocked word mid-stream ends the stream with an error event",
+              evs and evs[-1].get("type") == "error" and evs[-1]["error"]["code"] == "blocked" and
+              "hunter2" not in json.dumps(evs), evs)
+    finally:
+        p2.send_signal(signal.SIGTERM)
+        try:
+            p2.wait(10)
+        except subprocess.TimeoutExpired:
+            p2.kill()
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
 finally:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

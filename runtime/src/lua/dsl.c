@@ -2150,7 +2150,7 @@ static void build_list(vctx *v, int t, tr_step_list *out, fctx *f, int depth)
 
 static void build_pipeline(vctx *v, int d, where w, tr_pipeline_spec *p)
 {
-	static const char *const keys[] = {"deadline", "max_inflight", "tap"};
+	static const char *const keys[] = {"deadline", "max_inflight", "tap", "stream"};
 	lua_State *L = v->L;
 	fctx f = {v, w, ""};
 	char b[64];
@@ -2170,11 +2170,13 @@ static void build_pipeline(vctx *v, int d, where w, tr_pipeline_spec *p)
 		lua_pop(L, 1);
 		return;
 	}
-	check_keys(&f, o, keys, 3, 1, NULL);
+	check_keys(&f, o, keys, 4, 1, NULL);
 	want_dur(&f, o, "deadline", &p->deadline_us);
 	want_uint(&f, o, "max_inflight", 1, 1000000, &p->max_inflight);
 	if (want_str(&f, o, "tap", &p->tap) && p->tap != NULL)
 		check_actor_ref(&f, "tap", p->tap);
+	if (want_str(&f, o, "stream", &p->stream) && p->stream != NULL)
+		check_actor_ref(&f, "stream", p->stream);
 	n = seq_count(L, o);
 	check_holes(&f, o, n);
 	if (n == 0) {

@@ -52,7 +52,7 @@ typedef enum fstate {
 /* Error classes (retry_on). */
 enum { C_TIMEOUT = TR_RETRY_TIMEOUT, C_ERROR = TR_RETRY_ERROR, C_OVERLOAD = TR_RETRY_OVERLOAD,
        C_CRASHED = TR_RETRY_CRASHED, C_DEADLINE = 1 << 8, C_INVALID = 1 << 9,
-       C_CANCELLED = 1 << 10 };
+       C_CANCELLED = 1 << 10, C_BLOCKED = 1 << 11 };
 
 typedef struct run run;
 typedef struct fiber fiber;
@@ -77,6 +77,7 @@ struct fiber {
 	uint32_t inst;          /* instance of target asked (its "#i"), when it has several */
 	uint32_t attempts;      /* across the fallback too */
 	uint8_t on_fallback;
+	uint8_t streamed;       /* the actor asked sent deltas (the stream ends with its answer) */
 	uint64_t corr;          /* CALLING */
 	uint64_t timer;         /* BACKOFF / PARKED */
 	uint64_t step_t0;       /* ns, for tap durations */
@@ -142,6 +143,11 @@ struct run {
 	 * (the answer's "steps" array); `ntrace` of them. */
 	tr_buf trace;
 	uint32_t ntrace;
+	/* Streamed text through the pipeline's `stream` filter (engine.h):
+	 * 0 none yet, 1 open, 2 its last chunk sent, 3 over (done or
+	 * blocked). stream_id keys e->streams. */
+	uint64_t stream_id;
+	uint8_t stream_state;
 	/* Code that walks a run's fibers across calls that may end the run
 	 * holds it; the free waits for the last release. */
 	uint32_t hold;
@@ -217,6 +223,8 @@ typedef struct engine {
 	tr__map targets;        /* address of an actor name in cfg -> target */
 	tr__map runs;           /* (run ask corr, asker) -> run: for cancels */
 	tr__map step_idx;       /* step address -> index in stats->steps */
+	tr__map streams;        /* stream id -> run (text through the `stream` filter) */
+	uint64_t stream_seq;
 	run *free_runs;         /* pool, at most RUN_POOL_MAX */
 	fiber *free_fibers;     /* pool of branch fibers, at most FIBER_POOL_MAX */
 	uint32_t nfree_runs, nfree_fibers;
@@ -261,6 +269,7 @@ static const char *cls_name(int cls)
 	case C_DEADLINE: return "deadline";
 	case C_INVALID: return "invalid";
 	case C_CANCELLED: return "cancelled";
+	case C_BLOCKED: return "blocked";
 	default: return "error";
 	}
 }
@@ -450,6 +459,72 @@ static void event(tr_ctx *ctx, engine *e, const fiber *f, const char *ev)
 	tr_buf_free(&b);
 	if (m->body == NULL || tr_send(ctx, r->req->from, m) != TR_OK)
 		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+}
+
+/* TR_RUN_EVENTS: streamed text of the run, {type = "delta", text}. */
+static void delta_event(tr_ctx *ctx, engine *e, const run *r, const char *txt, size_t n)
+{
+	tr_buf b;
+	msgpack_packer pk;
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	int bad = msgpack_pack_map(&pk, 2) || tr__mp_pack_cstr(&pk, "type") ||
+	          tr__mp_pack_cstr(&pk, "delta") || tr__mp_pack_cstr(&pk, "text") ||
+	          msgpack_pack_str(&pk, n) || msgpack_pack_str_body(&pk, txt, n);
+	tr_msg *m = bad ? NULL : tr_msg_new();
+	if (m == NULL) {
+		tr_buf_free(&b);
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+		return;
+	}
+	m->tag = TR_TAG_RUN_EVENT;
+	m->flags = TR_MSGF_SYSTEM; /* in order with the other events and the answer */
+	m->corr = r->req->corr;
+	m->trace_hi = r->req->trace_hi;
+	m->trace_lo = r->req->trace_lo;
+	m->body = tr_body_new(b.data, b.len);
+	tr_buf_free(&b);
+	if (m->body == NULL || tr_send(ctx, r->req->from, m) != TR_OK)
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+}
+
+/* A chunk of the run's text to the `stream` filter (last: its end). */
+static void stream_chunk(tr_ctx *ctx, engine *e, run *r, const char *txt, size_t n, int last)
+{
+	tr_ref to;
+	tr_buf b;
+	msgpack_packer pk;
+	if (resolve(e, e->spec->stream, &to, NULL) != TR_OK) {
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+		return;
+	}
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	int bad = msgpack_pack_map(&pk, 1) || tr__mp_pack_cstr(&pk, "text") ||
+	          msgpack_pack_str(&pk, n) || msgpack_pack_str_body(&pk, txt, n);
+	tr_msg *m = bad ? NULL : tr_msg_new();
+	if (m == NULL || (m->body = tr_body_new(b.data, b.len)) == NULL) {
+		tr_msg_free(m);
+		tr_buf_free(&b);
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+		return;
+	}
+	tr_buf_free(&b);
+	m->tag = TR_TAG_STREAM_CHUNK;
+	m->corr = r->stream_id;
+	m->arg = last ? 1 : 0;
+	m->tenant = r->req->tenant;
+	if (tr_send(ctx, to, m) != TR_OK)
+		STAT_ADD(e, S_EVENTS_DROPPED, 1);
+}
+
+/* The producing step answered (or the run ends): the filter's last chunk. */
+static void stream_end(tr_ctx *ctx, engine *e, run *r)
+{
+	if (r->stream_state != 1)
+		return;
+	r->stream_state = 2;
+	stream_chunk(ctx, e, r, "", 0, 1);
 }
 
 /* A step event: to the tap and, when asked for, to the run's asker. */
@@ -706,6 +781,13 @@ static void run_end(tr_ctx *ctx, engine *e, run *r, int err, tr_body *body)
 	e->avg_run_us = e->avg_run_us ? (e->avg_run_us * 7 + us) / 8 : us;
 	STAT_ADD(e, err == TR_OK ? S_OK : S_FAILED, 1);
 	tr__map_del(&e->runs, r->req->corr, r->req->from, &p);
+	if (r->stream_id != 0) {
+		/* The filter frees its state at the last chunk; late output of
+		 * it finds no run and is dropped. */
+		stream_end(ctx, e, r);
+		tr__map_del(&e->streams, r->stream_id, TR_REF_NONE, &p);
+		r->stream_state = 3;
+	}
 	if (r->req->arg & TR_RUN_TRACE) {
 		tr_body *t = traced_body(r, body, err != TR_OK);
 		if (t != NULL) {
@@ -1384,6 +1466,10 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 	fiber *f = p;
 	f->corr = 0;
 	f->st = F_RUNNING;
+	if (f->streamed) {
+		f->streamed = 0;
+		stream_end(ctx, e, f->r);
+	}
 	if (m->flags & TR_MSGF_ERROR) {
 		const unsigned char *v;
 		const char *str;
@@ -1577,6 +1663,71 @@ static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
 	advance(ctx, e, f);
 }
 
+/* A delta from a step actor (engine.h, "Streamed text"). */
+static void on_delta(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	tr__map_ent *ent = tr__map_get(&e->calls, m->corr, TR_REF_NONE);
+	const unsigned char *v;
+	const char *txt;
+	size_t vl, n;
+	if (ent == NULL)
+		return; /* its step is over (timed out, cut off) */
+	fiber *f = ent->ptr;
+	run *r = f->r;
+	if (!(r->req->arg & TR_RUN_EVENTS) || r->answered || m->body == NULL ||
+	    tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+	    tr__mp_map_get(m->body->data, m->body->len, "text", &v, &vl) != TR_OK ||
+	    tr__mp_str(v, vl, &txt, &n) != TR_OK)
+		return;
+	if (e->spec->stream == NULL) {
+		delta_event(ctx, e, r, txt, n);
+		return;
+	}
+	if (r->stream_state >= 2)
+		return;
+	if (r->stream_id == 0) {
+		r->stream_id = ++e->stream_seq;
+		if (tr__map_put(&e->streams, r->stream_id, TR_REF_NONE, r) != TR_OK) {
+			r->stream_id = 0;
+			STAT_ADD(e, S_EVENTS_DROPPED, 1);
+			return;
+		}
+		r->stream_state = 1;
+	}
+	f->streamed = 1;
+	stream_chunk(ctx, e, r, txt, n, 0);
+}
+
+/* The `stream` filter's safe text, or its block. */
+static void on_stream_out(tr_ctx *ctx, engine *e, tr_msg *m)
+{
+	tr__map_ent *ent = tr__map_get(&e->streams, m->corr, TR_REF_NONE);
+	const unsigned char *v;
+	const char *txt;
+	size_t vl, n;
+	if (ent == NULL)
+		return;
+	run *r = ent->ptr;
+	int ok = m->body != NULL && tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) == TR_OK;
+	if (ok && tr__mp_map_get(m->body->data, m->body->len, "blocked", &v, &vl) == TR_OK) {
+		char msg[200];
+		if (tr__mp_str(v, vl, &txt, &n) != TR_OK)
+			txt = "", n = 0;
+		snprintf(msg, sizeof(msg), "the streamed answer was blocked: %.*s", (int)n, txt);
+		r->stream_state = 3;
+		run_end(ctx, e, r, TR_EINVAL, error_body(NULL, C_BLOCKED, msg, 0));
+		return;
+	}
+	if (ok && tr__mp_map_get(m->body->data, m->body->len, "text", &v, &vl) == TR_OK &&
+	    tr__mp_str(v, vl, &txt, &n) == TR_OK && n > 0)
+		delta_event(ctx, e, r, txt, n);
+	if (m->arg == 1) {
+		void *p;
+		tr__map_del(&e->streams, r->stream_id, TR_REF_NONE, &p);
+		r->stream_state = 3;
+	}
+}
+
 /* TR_TAG_RUN_CANCEL from a run's asker: the run ends now, answered
  * "cancelled"; everything it waits on is cut (late replies dropped). */
 static void on_cancel(tr_ctx *ctx, engine *e, tr_msg *m)
@@ -1744,6 +1895,10 @@ static int engine_receive(tr_ctx *ctx, void *st, tr_msg *m)
 		on_run(ctx, e, m);
 	else if (m->tag == TR_TAG_RUN_CANCEL)
 		on_cancel(ctx, e, m);
+	else if (m->tag == TR_TAG_STEP_DELTA)
+		on_delta(ctx, e, m);
+	else if (m->tag == TR_TAG_STREAM_OUT)
+		on_stream_out(ctx, e, m);
 	else if (m->flags & TR_MSGF_ASK)
 		(void)tr_reply_error(ctx, m, TR_EINVAL);
 	return TR_OK;
@@ -1772,6 +1927,7 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 	tr__map_free(&e->timers);
 	tr__map_free(&e->runs);
 	tr__map_free(&e->step_idx);
+	tr__map_free(&e->streams);
 	tr__map_free(&e->parked);
 	tr__map_free(&e->flights); /* empty: every flight ended with its runs */
 	caches_free(e);

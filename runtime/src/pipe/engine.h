@@ -65,6 +65,31 @@
  */
 #define TR_TAG_RUN_CANCEL 0x202u
 
+/*
+ * Streamed text. A step actor may send its asker (the engine), while it
+ * answers a step ask and before its reply, system messages with tag
+ * TR_TAG_STEP_DELTA, corr = the step ask's corr, body {text = chunk}
+ * (actors/generate/generate.h). When the run was asked with
+ * TR_RUN_EVENTS the engine passes the text on to the run's asker as
+ * events {type = "delta", step, text}:
+ *  - without a filter (pipeline `stream` unset), each chunk as it comes;
+ *  - with `stream = "<actor>"`, through that actor first: the engine
+ *    sends it TR_TAG_STREAM_CHUNK messages (plain, in order; corr = the
+ *    run's stream id, body {text}; arg 1 on the last one, sent when the
+ *    producing step has answered or the run ends, with an empty text),
+ *    and it answers each with a system message TR_TAG_STREAM_OUT (same
+ *    corr, body {text = what is safe to show so far} or {blocked = why};
+ *    arg 1 on the answer to the last). The safety kind is such a filter:
+ *    it holds back what could still turn out to be PII and redacts it.
+ *    A block ends the run with code "blocked", which the caller sees as
+ *    an error event that ends its stream.
+ * Runs not asked with TR_RUN_EVENTS ignore deltas: their answer holds
+ * the whole text, checked by the pipeline's steps.
+ */
+#define TR_TAG_STEP_DELTA 0x101u
+#define TR_TAG_STREAM_CHUNK 0x203u
+#define TR_TAG_STREAM_OUT 0x204u
+
 typedef struct tr_pipe_arg {
 	const tr_config *config;         /* outlives the engine */
 	const tr_pipeline_spec *spec;    /* points into config */

@@ -67,6 +67,7 @@ void tr_config_free(tr_config *c)
 	for (size_t i = 0; i < c->npipelines; i++) {
 		tr__free(c->pipelines[i].name);
 		tr__free(c->pipelines[i].tap);
+		tr__free(c->pipelines[i].stream);
 		free_list(&c->pipelines[i].steps);
 	}
 	tr__free(c->pipelines);

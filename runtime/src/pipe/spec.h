@@ -121,6 +121,7 @@ typedef struct tr_pipeline_spec {
 	uint64_t deadline_us;   /* overall; default 30 s */
 	uint32_t max_inflight;  /* runs at once; default 1000 */
 	char *tap;              /* actor that receives step events; NULL = none */
+	char *stream;           /* actor that filters streamed text (deltas); NULL = none */
 	tr_step_list steps;
 } tr_pipeline_spec;
 
