@@ -481,6 +481,35 @@ TT_TEST(no_retry_when_backoff_passes_deadline)
 	TT_EQ(tn_stop(n), 0);
 }
 
+TT_TEST(first_byte_timeout_cuts_a_silent_step)
+{
+	reset();
+	tr_step steps[] = {call("s", 5000, 1)};
+	/* The actor answers after 1 s with no output before: the attempt
+	 * times out after first_byte_timeout (100 ms), not its 5 s timeout,
+	 * and the retry does the same. */
+	steps[0].u.call.first_byte_timeout_us = 100000;
+	steps[0].u.call.backoff = (tr_backoff){1000, 1000, false};
+	pspec.steps = list(steps, 1);
+	atomic_store(&slow_ms, 1000);
+	spawn_def d[] = {{"s", &slow_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 1, &c);
+	uint64_t t0 = tr_now_ns();
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	uint64_t ms = (tr_now_ns() - t0) / 1000000u;
+	TT_EQ(ok_answers(), 0);
+	TT_ASSERT(last_has("code", "timeout"));
+	TT_EQ(last_uint("attempts"), 2);
+	TT_LE(200, ms);
+	TT_LE(ms, 900); /* well before the actor's 1 s answer */
+	tr_pipe_stats ps;
+	TT_OK(tr_pipe_stats_get(n, "test", &ps));
+	TT_EQ(ps.timeouts, 2);
+	TT_EQ(tn_stop(n), 0);
+}
+
 TT_TEST(timeout_clipped_by_deadline)
 {
 	reset();
@@ -866,6 +895,7 @@ TT_LIST = {
 	TT_ENTRY(backoff_exponential_without_jitter),
 	TT_ENTRY(full_jitter_spreads_retries),
 	TT_ENTRY(no_retry_when_backoff_passes_deadline),
+	TT_ENTRY(first_byte_timeout_cuts_a_silent_step),
 	TT_ENTRY(timeout_clipped_by_deadline),
 	TT_ENTRY(fallback_after_crashes),
 	TT_ENTRY(route_on_field),

@@ -38,7 +38,7 @@
 #include "pipe/mp.h"
 #include "sched/sched.h" /* tr__map */
 
-enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u };
+enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u, TAG_FIRST_BYTE = 0x203u };
 
 #define MAX_NEST TR_STEP_NEST_MAX /* route/parallel nesting of step lists */
 #define MIN_ATTEMPT_US 1000  /* don't start an attempt with less time left */
@@ -668,8 +668,13 @@ static void flight_leave(tr_ctx *ctx, engine *e, fiber *f);
 static void unwait(tr_ctx *ctx, engine *e, fiber *f)
 {
 	void *p;
-	if (f->st == F_CALLING)
+	if (f->st == F_CALLING) {
 		tr__map_del(&e->calls, f->corr, TR_REF_NONE, &p);
+		if (f->timer != 0) { /* its first-byte timer */
+			tr__map_del(&e->timers, f->timer, TR_REF_NONE, &p);
+			(void)tr_timer_cancel(ctx, f->timer);
+		}
+	}
 	if ((f->st == F_BACKOFF || f->st == F_PARKED || f->st == F_COALESCED) && f->timer != 0) {
 		tr__map_del(&e->timers, f->timer, TR_REF_NONE, &p);
 		(void)tr_timer_cancel(ctx, f->timer);
@@ -1455,6 +1460,28 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	}
 	f->st = F_CALLING;
 	f->corr = corr;
+	/* first_byte_timeout: the actor must show some output -- a delta or
+	 * its answer -- within it, or the attempt times out (a model server
+	 * that accepted the call and then stalls). Shorter than the attempt's
+	 * timeout to mean anything. */
+	uint64_t fb = s->u.call.first_byte_timeout_us;
+	if (fb > 0 && fb < timeout) {
+		uint64_t id;
+		if (tr_timer_after(ctx, TAG_FIRST_BYTE, (fb + 999) / 1000, &id) == TR_OK &&
+		    tr__map_put(&e->timers, id, TR_REF_NONE, f) == TR_OK)
+			f->timer = id;
+	}
+}
+
+/* The first output of a CALLING fiber came: its first-byte timer is done. */
+static void first_byte(tr_ctx *ctx, engine *e, fiber *f)
+{
+	void *p;
+	if (f->timer == 0)
+		return;
+	tr__map_del(&e->timers, f->timer, TR_REF_NONE, &p);
+	(void)tr_timer_cancel(ctx, f->timer);
+	f->timer = 0;
 }
 
 /* A reply (or error reply) to a step ask. */
@@ -1464,6 +1491,7 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 	if (!tr__map_del(&e->calls, m->corr, TR_REF_NONE, &p))
 		return; /* its run is gone (deadline, parallel cut-off) */
 	fiber *f = p;
+	first_byte(ctx, e, f);
 	f->corr = 0;
 	f->st = F_RUNNING;
 	if (f->streamed) {
@@ -1674,6 +1702,7 @@ static void on_delta(tr_ctx *ctx, engine *e, tr_msg *m)
 		return; /* its step is over (timed out, cut off) */
 	fiber *f = ent->ptr;
 	run *r = f->r;
+	first_byte(ctx, e, f);
 	if (!(r->req->arg & TR_RUN_EVENTS) || r->answered || m->body == NULL ||
 	    tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
 	    tr__mp_map_get(m->body->data, m->body->len, "text", &v, &vl) != TR_OK ||
@@ -1752,6 +1781,19 @@ static void on_timer(tr_ctx *ctx, engine *e, tr_msg *m)
 	f->timer = 0;
 	if (m->tag == TAG_RETRY) {
 		attempt(ctx, e, f);
+	} else if (m->tag == TAG_FIRST_BYTE) {
+		/* No output in time: this attempt timed out (its late reply
+		 * finds no call and is dropped). */
+		void *q;
+		tr__map_del(&e->calls, f->corr, TR_REF_NONE, &q);
+		f->corr = 0;
+		f->st = F_RUNNING;
+		if (f->streamed) {
+			f->streamed = 0;
+			stream_end(ctx, e, f->r);
+		}
+		snprintf(f->last_msg, sizeof(f->last_msg), "no output within first_byte_timeout");
+		failed_attempt(ctx, e, f, C_TIMEOUT, TR_ETIMEDOUT);
 	} else { /* TAG_PARK_DEADLINE */
 		int coalesced = f->st == F_COALESCED;
 		unwait(ctx, e, f); /* leaves the parked queue or the flight */
