@@ -125,6 +125,27 @@ int tr_gen_utf8_valid(const char *s, size_t n)
 	return 1;
 }
 
+int tr_gen_utf8_repair(tr_buf *out, const char *s, size_t n)
+{
+	static const char fffd[3] = {(char)0xef, (char)0xbf, (char)0xbd};
+	const unsigned char *u = (const unsigned char *)s;
+	size_t i = 0, run = 0; /* s[run..i) is valid and not yet copied */
+	if (n == 0)
+		return TR_OK;
+	while (i < n) {
+		size_t k = u[i] < 0x80 ? 1 : seq_len(u + i, n - i);
+		if (k > 0) {
+			i += k;
+			continue;
+		}
+		if (tr__buf_append(out, s + run, i - run) != TR_OK ||
+		    tr__buf_append(out, fffd, 3) != TR_OK)
+			return TR_ENOMEM;
+		run = ++i;
+	}
+	return tr__buf_append(out, s + run, n - run);
+}
+
 size_t tr_gen_clean(tr_buf *out, const char *s, size_t n, size_t max, int *more)
 {
 	static const unsigned char fffd[3] = {0xef, 0xbf, 0xbd};

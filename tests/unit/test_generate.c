@@ -1070,13 +1070,19 @@ TT_TEST(settings_checked_with_exact_messages)
 	mb_int(&c, "zzzzzzzz", 3);
 	EXPECT_BAD(&c, "actor 'g': unknown setting 'zzzzzzzz' (this kind takes backend, model, "
 	               "temperature, max_tokens, max_sentences, prompt, fallback, history, "
-	               "sessions, context_tokens, stream)");
+	               "sessions, context_tokens, stream, url, api_key_env, system, "
+	               "connect_timeout, first_byte_timeout, timeout, concurrency)");
 	mb_init(&c);
 	mb_str(&c, "backend", "openai");
-	EXPECT_BAD(&c, "actor 'g': backend: \"openai\" is not available yet");
+	EXPECT_BAD(&c, "actor 'g': url: required with backend \"openai\" (the server's base URL, "
+	               "e.g. \"http://127.0.0.1:8000/v1\")");
+	mb_init(&c);
+	mb_str(&c, "url", "http://127.0.0.1:8000/v1");
+	EXPECT_BAD(&c, "actor 'g': url: only used with backend \"openai\"");
 	mb_init(&c);
 	mb_str(&c, "backend", "llama");
-	EXPECT_BAD(&c, "actor 'g': backend: unknown backend \"llama\" (available: \"extractive\")");
+	EXPECT_BAD(&c, "actor 'g': backend: unknown backend \"llama\" (available: \"extractive\", "
+	               "\"openai\")");
 	mb_init(&c);
 	mb_int(&c, "backend", 1);
 	EXPECT_BAD(&c, "actor 'g': backend: expected a string, got integer");
@@ -1181,7 +1187,9 @@ TT_TEST(troupe_check_names_file_and_line)
 	const char *files[] = {path};
 	TT_RC(tr_config_load(files, 1, &cfg, &d), TR_EINVAL);
 	char want1[256], want2[256];
-	snprintf(want1, sizeof(want1), "%s:3: actor 'g': backend: \"openai\" is not available yet",
+	snprintf(want1, sizeof(want1),
+	         "%s:3: actor 'g': url: required with backend \"openai\" (the server's base URL, "
+	         "e.g. \"http://127.0.0.1:8000/v1\")",
 	         path);
 	snprintf(want2, sizeof(want2),
 	         "%s:5: actor 'h': unknown setting 'max_sentence' (did you mean 'max_sentences'?)",
