@@ -1558,6 +1558,12 @@ int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err
 	 * it first, so that a port in use (with or without reuseport) is an
 	 * error. */
 	int probe = socket(d->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int yes = 1;
+	/* SO_REUSEADDR: connections of an earlier node still in TIME-WAIT
+	 * must not block a restart (Linux still refuses a port someone
+	 * listens on). */
+	if (probe >= 0)
+		(void)setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
 	if (probe < 0 || bind(probe, (struct sockaddr *)&d->addr, d->addrlen) != 0) {
 		snprintf(err, errlen, "cannot listen on %s: %s", o->listen, strerror(errno));
 		if (probe >= 0)
