@@ -897,8 +897,8 @@ static tr_ref actor_ref;
 static tr_buf req;
 static uv_mutex_t rep_mu;
 static tr_buf rep;
-static uint16_t rep_flags;
-static int32_t rep_err;
+static _Atomic uint16_t rep_flags; /* atomics: written by the client actor, read by the test thread */
+static _Atomic int32_t rep_err;
 static atomic_int replies;
 static atomic_int flood_left, flood_done;
 

@@ -137,8 +137,12 @@ static tr__tbucket *bucket_for(tr__worker *w, uint64_t due, uint64_t ms)
 static int link_in(tr__worker *w, tr__timer *t, uint64_t ms)
 {
 	uint64_t now = uv_now(&w->loop);
-	uint64_t due = ms < DUE_MAX - now ? now + ms : DUE_MAX;
-	tr__tbucket *b = bucket_for(w, due, ms);
+	/* uv_now is whole milliseconds, rounded down: a timer due at now + ms
+	 * could fire up to 1 ms before ms have passed. One more makes "after
+	 * ms" a promise (late by less than 1 ms, never early). */
+	uint64_t wait = ms > 0 ? ms + 1 : 0;
+	uint64_t due = wait < DUE_MAX - now ? now + wait : DUE_MAX;
+	tr__tbucket *b = bucket_for(w, due, wait);
 	if (b == NULL)
 		return TR_ENOMEM;
 	t->b = b;
