@@ -85,14 +85,14 @@ static const tr_actor_ops crash_ops = {.name = "crash", .size = 64, .init = name
 static atomic_int slow_ms;
 typedef struct slow_st {
 	const char *name;
-	tr_msg *held[256];
-	uint64_t ids[256];
+	tr_msg *held[1024]; /* more than any test has in flight: EBUSY would be a test bug */
+	uint64_t ids[1024];
 } slow_st;
 static int slow_receive(tr_ctx *ctx, void *st, tr_msg *m)
 {
 	slow_st *s = st;
 	if ((m->flags & TR_MSGF_ASK) && m->tag == TR_TAG_STEP) {
-		for (int i = 0; i < 256; i++) {
+		for (int i = 0; i < 1024; i++) {
 			if (s->held[i] == NULL) {
 				s->held[i] = tr_take(ctx);
 				return tr_timer_after(ctx, 7, (uint64_t)atomic_load(&slow_ms), &s->ids[i]);
@@ -101,7 +101,7 @@ static int slow_receive(tr_ctx *ctx, void *st, tr_msg *m)
 		return tr_reply_error(ctx, m, TR_EBUSY);
 	}
 	if (m->flags & TR_MSGF_TIMER) {
-		for (int i = 0; i < 256; i++) {
+		for (int i = 0; i < 1024; i++) {
 			if (s->held[i] != NULL && s->ids[i] == m->corr) {
 				tr_msg *req = s->held[i];
 				s->held[i] = NULL;
@@ -116,7 +116,7 @@ static int slow_receive(tr_ctx *ctx, void *st, tr_msg *m)
 static void slow_terminate(tr_ctx *ctx, void *st, int reason)
 {
 	slow_st *s = st;
-	for (int i = 0; i < 256; i++)
+	for (int i = 0; i < 1024; i++)
 		tr_msg_free(s->held[i]);
 }
 static const tr_actor_ops slow_ops = {.name = "slow", .size = sizeof(slow_st),
