@@ -900,13 +900,19 @@ static tr_buf rep;
 static _Atomic uint16_t rep_flags; /* atomics: written by the client actor, read by the test thread */
 static _Atomic int32_t rep_err;
 static atomic_int replies;
-static atomic_int flood_left, flood_done;
+static atomic_int flood_left, flood_done, flood_pending;
 
 static int client_msg(tr_ctx *ctx, probe *p, tr_msg *m)
 {
 	if (m->tag == KICK || (m->tag == FLOOD && !(m->flags & TR_MSGF_REPLY))) {
-		/* FLOOD: keep arg asks in flight until flood_left runs out. */
+		/* FLOOD: keep arg asks in flight; flood_left asks are sent in
+		 * all (so exactly that many replies belong to the flood). */
 		uint64_t n = m->tag == FLOOD ? m->arg : 1;
+		if (m->tag == FLOOD) {
+			if (n > (uint64_t)atomic_load(&flood_left))
+				n = (uint64_t)atomic_load(&flood_left);
+			atomic_fetch_sub(&flood_left, (int)n);
+		}
 		for (uint64_t i = 0; i < n; i++) {
 			tr_msg *q = tr_msg_new();
 			q->tag = m->tag == KICK ? (uint32_t)m->arg : TR_TAG_STEP;
@@ -920,9 +926,14 @@ static int client_msg(tr_ctx *ctx, probe *p, tr_msg *m)
 	}
 	if (!(m->flags & TR_MSGF_REPLY))
 		return TR_OK;
-	if (atomic_load(&flood_left) > 0) {
+	if (atomic_load(&flood_pending) > 0) {
+		/* A flood reply: count it, and keep the flood going while asks
+		 * are left to send. (One client actor: no race between the
+		 * loads and the updates.) */
+		atomic_fetch_sub(&flood_pending, 1);
 		atomic_fetch_add(&flood_done, 1);
-		if (atomic_fetch_sub(&flood_left, 1) > 1) {
+		if (atomic_load(&flood_left) > 0) {
+			atomic_fetch_sub(&flood_left, 1);
 			tr_msg *q = tr_msg_new();
 			q->tag = TR_TAG_STEP;
 			q->body = tr_body_new(req.data, req.len);
@@ -1267,6 +1278,7 @@ TT_TEST(actor_on_node)
 		actor_ref = plain;
 		REQ("How do I set retries on the rag step? My email is ana@corp.example.com.", NULL);
 		atomic_store(&flood_left, total);
+		atomic_store(&flood_pending, total);
 		atomic_store(&flood_done, 0);
 		uint64_t t0 = tr_now_ns();
 		TT_OK(tn_send(node, client, FLOOD, 64));
