@@ -37,7 +37,7 @@
 /* Bytes of an answer kept in history. */
 #define TR_GWIN_ANSWER_MAX (128u * 1024u)
 /* A passage is cut to fit only if at least this many of its bytes fit;
- * a shorter stub would tell a model nothing. */
+ * a shorter remnant would tell a model nothing. */
 #define TR_GWIN_CUT_MIN 64
 /* Passages tr_gwin_choose considers; later ones are left out. */
 #define TR_GWIN_ITEMS_MAX 256

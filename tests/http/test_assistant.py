@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from tt import check, free_port, summary
+from tt import check, free_port, ndjson, post_stream, summary
 
 TROUPE, SRC = os.path.abspath(sys.argv[1]), sys.argv[2]
 
@@ -55,27 +55,7 @@ def ask(text, pipeline="assistant", headers=None, body=None):
 
 def stream(port_, pipeline, text):
     """A streamed run: the list of NDJSON events."""
-    s = socket.create_connection(("127.0.0.1", port_), timeout=10)
-    b = json.dumps({"input": {"text": text}}).encode()
-    s.sendall(b"POST /v1/pipelines/%s HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n"
-              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (pipeline.encode(), len(b), b))
-    raw = b""
-    while True:
-        x = s.recv(65536)
-        if not x:
-            break
-        raw += x
-    s.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    payload = b""
-    while rest:
-        line, _, rest = rest.partition(b"\r\n")
-        n = int(line, 16)
-        if n == 0:
-            break
-        payload += rest[:n]
-        rest = rest[n + 2:]
-    return [json.loads(l) for l in payload.decode().splitlines() if l]
+    return ndjson(post_stream(port_, pipeline, {"input": {"text": text}})[1])
 
 
 try:
@@ -101,27 +81,7 @@ try:
     check("the answer passed the output safety check", out.get("safety", {}).get("verdict") == "allow", out.get("safety"))
 
     # Streamed: step events as they happen, then done with the answer.
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    b = json.dumps({"input": {"text": "what is backpressure?"}}).encode()
-    s.sendall(b"POST /v1/pipelines/assistant HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n"
-              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b))
-    raw = b""
-    while True:
-        x = s.recv(65536)
-        if not x:
-            break
-        raw += x
-    s.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    payload = b""
-    while rest:
-        line, _, rest = rest.partition(b"\r\n")
-        n = int(line, 16)
-        if n == 0:
-            break
-        payload += rest[:n]
-        rest = rest[n + 2:]
-    evs = [json.loads(l) for l in payload.decode().splitlines() if l]
+    evs = stream(port, "assistant", "what is backpressure?")
     check("a streamed question: step events, deltas, then done", len(evs) > 5 and
           evs[-1].get("type") == "done" and all(e["type"] in ("step", "delta") for e in evs[:-1]),
           [e.get("type") for e in evs])
@@ -132,7 +92,7 @@ try:
     evs = [e for e in evs if e.get("type") != "delta"]
     check("the streamed done carries a grounded answer",
           evs and "backpressure" in evs[-1].get("output", {}).get("answer", "").lower() and
-          evs[-1]["output"]["sources"][0].startswith("backpressure.md"), evs[-1:] if evs else raw[:300])
+          evs[-1]["output"]["sources"][0].startswith("backpressure.md"), evs[-1:])
 
     st, j = ask("book an appointment on 2026-12-03 at slot 3")
     out = j.get("output", {})

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from tt import check, free_port, summary
+from tt import check, free_port, post_stream, summary
 
 TROUPE, SRC = sys.argv[1], sys.argv[2]
 TMP = tempfile.mkdtemp(prefix="troupe-http-")
@@ -257,33 +257,9 @@ def test_overload(n):
 
 
 def read_stream(n, accept, body, close_after=None):
-    """Sends a streaming run; returns (status line + headers, events)."""
-    s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
-    pipe = body.pop("_p", "echo").encode()
-    b = json.dumps(body).encode()
-    s.sendall(b"POST /v1/pipelines/%s HTTP/1.1\r\nHost: x\r\nAccept: %s\r\nContent-Length: %d\r\n"
-              b"Connection: close\r\n\r\n%s" % (pipe, accept.encode(), len(b), b))
-    data = b""
-    while True:
-        if close_after is not None and len(data) >= close_after:
-            s.close()
-            return data, None
-        x = s.recv(65536)
-        if not x:
-            break
-        data += x
-    s.close()
-    head, _, rest = data.partition(b"\r\n\r\n")
-    # de-chunk
-    payload = b""
-    while rest:
-        line, _, rest = rest.partition(b"\r\n")
-        size = int(line, 16)
-        if size == 0:
-            break
-        payload += rest[:size]
-        rest = rest[size + 2:]
-    return head, payload
+    """A streaming run on node n (body["_p"]: the pipeline, default echo)."""
+    pipe = body.pop("_p", "echo")
+    return post_stream(n.port, pipe, body, accept, close_after)
 
 
 def test_streaming(n):

@@ -32,3 +32,41 @@ def summary(name):
     """Prints the tt line; returns the exit status."""
     print("tt: %s: %d passed, %d failed" % (name, passed, failed))
     return 1 if failed else 0
+
+
+def post_stream(port, pipeline, body, accept="application/x-ndjson", close_after=None):
+    """POSTs body (a dict) to /v1/pipelines/PIPELINE asking for a stream;
+    returns (status line + headers, de-chunked payload), or (bytes read,
+    None) when close_after is set: the client hangs up once that many
+    bytes came."""
+    import json
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    b = json.dumps(body).encode()
+    s.sendall(b"POST /v1/pipelines/%s HTTP/1.1\r\nHost: x\r\nAccept: %s\r\nContent-Length: %d\r\n"
+              b"Connection: close\r\n\r\n%s" % (pipeline.encode(), accept.encode(), len(b), b))
+    data = b""
+    while True:
+        if close_after is not None and len(data) >= close_after:
+            s.close()
+            return data, None
+        x = s.recv(65536)
+        if not x:
+            break
+        data += x
+    s.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    payload = b""
+    while rest:
+        line, _, rest = rest.partition(b"\r\n")
+        size = int(line, 16)
+        if size == 0:
+            break
+        payload += rest[:size]
+        rest = rest[size + 2:]
+    return head, payload
+
+
+def ndjson(payload):
+    """The events of an NDJSON payload."""
+    import json
+    return [json.loads(l) for l in payload.decode().splitlines() if l]
