@@ -1039,24 +1039,8 @@ static void put_ms(tr_buf *out, uint64_t us)
 /* The unsigned integer at p (validated msgpack), or 0. */
 static uint64_t mp_uint(const unsigned char *p, size_t n)
 {
-	uint64_t v = 0;
-	unsigned w;
-	if (n == 0)
-		return 0;
-	if (p[0] <= 0x7f)
-		return p[0];
-	if (p[0] < 0xcc || p[0] > 0xcf)
-		return 0;
-	w = 1u << (p[0] - 0xcc);
-	for (unsigned i = 0; i < w && i + 1 < n; i++)
-		v = (v << 8) | p[1 + i];
-	return v;
-}
-
-/* Header size of the validated map at p. */
-static size_t map_hdr(const unsigned char *p)
-{
-	return p[0] <= 0x8f ? 1 : p[0] == 0xde ? 3 : 5;
+	uint64_t v;
+	return tr__mp_uint(p, n, &v) == TR_OK ? v : 0;
 }
 
 /* Writes the map at p as a JSON object with its "us" entry as "ms"
@@ -1065,12 +1049,13 @@ static size_t map_hdr(const unsigned char *p)
 static void map_json_ms(const unsigned char *p, size_t n, tr_buf *out)
 {
 	uint32_t cnt;
+	size_t hdr;
 	int first = 1;
-	if (tr__mp_map_len(p, n, &cnt) != TR_OK) {
+	if (tr__mp_map_head(p, n, &cnt, &hdr) != TR_OK) {
 		tr__buf_append(out, "{}", 2);
 		return;
 	}
-	const unsigned char *q = p + map_hdr(p);
+	const unsigned char *q = p + hdr;
 	tr__buf_append(out, "{", 1);
 	for (uint32_t i = 0; i < cnt; i++) {
 		size_t ks = tr__mp_size(q);
@@ -1103,16 +1088,11 @@ void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 	const unsigned char *s;
 	size_t sl;
 	tr__buf_append(out, "[", 1);
+	uint32_t cnt;
+	size_t hdr;
 	if (body != NULL && tr__mp_map_get(body, n, "steps", &s, &sl) == TR_OK &&
-	    ((s[0] >= 0x90 && s[0] <= 0x9f) || s[0] == 0xdc || s[0] == 0xdd)) {
-		uint32_t cnt;
-		if (s[0] <= 0x9f)
-			cnt = s[0] & 0x0fu;
-		else if (s[0] == 0xdc)
-			cnt = (uint32_t)s[1] << 8 | s[2];
-		else
-			cnt = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
-		const unsigned char *e = s + (s[0] <= 0x9f ? 1 : s[0] == 0xdc ? 3 : 5);
+	    tr__mp_array_head(s, sl, &cnt, &hdr) == TR_OK) {
+		const unsigned char *e = s + hdr;
 		static const char *const keys[] = {"step", "actor", "attempts", "cached"};
 		static const char *const heads[] = {"{\"step\":", ",\"actor\":", ",\"attempts\":",
 		                                    ",\"cached\":"};

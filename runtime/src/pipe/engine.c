@@ -595,10 +595,10 @@ static tr_body *traced_body(const run *r, tr_body *body, int is_err)
 	tr_buf_init(&b);
 	tr__mp_packer(&pk, &b);
 	if (is_err) {
-		if (tr__mp_map_len(p, len, &n) != TR_OK)
-			goto done;
+		size_t hdr;
 		/* The error map's entries follow its header: re-head with n + 1. */
-		size_t hdr = p[0] >= 0x80 && p[0] <= 0x8f ? 1 : p[0] == 0xde ? 3 : 5;
+		if (tr__mp_map_head(p, len, &n, &hdr) != TR_OK)
+			goto done;
 		if (msgpack_pack_map(&pk, n + 1) || tr__buf_append(&b, p + hdr, len - hdr))
 			goto done;
 	} else if (msgpack_pack_map(&pk, 2) || tr__mp_pack_cstr(&pk, "output") ||

@@ -97,6 +97,43 @@ int tr__mp_map_len(const unsigned char *p, size_t len, uint32_t *n)
 	return map_head(p, len, n, &hdr) == 0 ? TR_OK : TR_EINVAL;
 }
 
+int tr__mp_map_head(const unsigned char *p, size_t len, uint32_t *n, size_t *hdr)
+{
+	return map_head(p, len, n, hdr) == 0 ? TR_OK : TR_EINVAL;
+}
+
+int tr__mp_array_head(const unsigned char *p, size_t len, uint32_t *n, size_t *hdr)
+{
+	if (len == 0)
+		return TR_EINVAL;
+	if (p[0] >= 0x90 && p[0] <= 0x9f)
+		*n = p[0] & 0x0fu, *hdr = 1;
+	else if (p[0] == 0xdc && len >= 3)
+		*n = (uint32_t)be(p + 1, 2), *hdr = 3;
+	else if (p[0] == 0xdd && len >= 5)
+		*n = (uint32_t)be(p + 1, 4), *hdr = 5;
+	else
+		return TR_EINVAL;
+	return TR_OK;
+}
+
+int tr__mp_uint(const unsigned char *p, size_t len, uint64_t *v)
+{
+	if (len == 0)
+		return TR_EINVAL;
+	if (p[0] <= 0x7f) {
+		*v = p[0];
+		return TR_OK;
+	}
+	if (p[0] < 0xcc || p[0] > 0xcf)
+		return TR_EINVAL;
+	unsigned w = 1u << (p[0] - 0xcc);
+	if (len < 1 + (size_t)w)
+		return TR_EINVAL;
+	*v = be(p + 1, w);
+	return TR_OK;
+}
+
 int tr__mp_str(const unsigned char *v, size_t vlen, const char **s, size_t *n)
 {
 	size_t hdr;

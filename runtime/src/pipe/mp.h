@@ -21,6 +21,13 @@ size_t tr__mp_size(const unsigned char *p);
 /* Number of entries if p is a map (*n), else TR_EINVAL. */
 int tr__mp_map_len(const unsigned char *p, size_t len, uint32_t *n);
 
+/* Container headers: entry count and header size (the first entry is at
+ * p + *hdr). TR_OK, or TR_EINVAL when p is not that container. */
+int tr__mp_map_head(const unsigned char *p, size_t len, uint32_t *n, size_t *hdr);
+int tr__mp_array_head(const unsigned char *p, size_t len, uint32_t *n, size_t *hdr);
+/* A non-negative integer (positive fixint, uint8..64): TR_OK or TR_EINVAL. */
+int tr__mp_uint(const unsigned char *p, size_t len, uint64_t *v);
+
 /* Looks up string key `key` in the map p: TR_OK with the value's bytes,
  * TR_ENOTFOUND, or TR_EINVAL if p is not a map. */
 int tr__mp_map_get(const unsigned char *p, size_t len, const char *key,
