@@ -9,6 +9,7 @@
 
 #include "actors/kit.h"
 #include "core/alloc.h"
+#include "lua/lua_int.h"
 #include "lua/tlua.h"
 #include "msg/msg_int.h"
 #include "pipe/mp.h"
@@ -82,29 +83,6 @@ const msgpack_object *tr_kcfg_get(const tr_kcfg *c, const char *key)
 	return c->map ? tr_kobj_get(&c->u.data, key) : NULL;
 }
 
-/* Levenshtein distance, capped (for "did you mean"). */
-static size_t edits(const char *a, size_t la, const char *b)
-{
-	size_t lb = strlen(b), prev[64], cur[64];
-	if (la >= 63 || lb >= 63)
-		return 99;
-	for (size_t j = 0; j <= lb; j++)
-		prev[j] = j;
-	for (size_t i = 1; i <= la; i++) {
-		cur[0] = i;
-		for (size_t j = 1; j <= lb; j++) {
-			size_t d = prev[j - 1] + (a[i - 1] != b[j - 1]);
-			if (prev[j] + 1 < d)
-				d = prev[j] + 1;
-			if (cur[j - 1] + 1 < d)
-				d = cur[j - 1] + 1;
-			cur[j] = d;
-		}
-		memcpy(prev, cur, (lb + 1) * sizeof(size_t));
-	}
-	return prev[lb];
-}
-
 int tr_kcfg_keys(tr_kcfg *c, const char *const *known)
 {
 	if (c->map == NULL)
@@ -116,9 +94,13 @@ int tr_kcfg_keys(tr_kcfg *c, const char *const *known)
 		size_t bestd = 3;
 		if (k->type != MSGPACK_OBJECT_STR)
 			return tr_kcfg_fail(c, "settings must have string keys");
+		char kb[64];
+		snprintf(kb, sizeof(kb), "%.*s", (int)(k->via.str.size < 63 ? k->via.str.size : 63),
+		         k->via.str.ptr);
 		for (const char *const *p = known; *p != NULL && !ok; p++) {
 			ok = key_is(k, *p);
-			size_t d = edits(k->via.str.ptr, k->via.str.size, *p);
+			/* the loader's own distance, so both say "did you mean" alike */
+			size_t d = k->via.str.size < 63 ? tr__lua_editdist(kb, *p, 2) : 99;
 			if (d < bestd) {
 				bestd = d;
 				best = *p;
