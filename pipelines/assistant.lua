@@ -89,6 +89,10 @@ supervisor "root"   { strategy = "one_for_one", max_restarts = 5, within = "10s"
 
 pipeline "assistant" {
   deadline = "8s", max_inflight = 2000, tap = "telemetry",
+  tap_events = { "end", "retry", "timeout", "error" },   -- one event per step, plus failures
+  -- what the caller gets back: the retrieved passages stay inside the run
+  output = { "text", "intent", "confidence", "slots", "answer", "sources", "usage",
+             "safety", "blocked", "tool", "result" },
   stream = "safety",   -- streamed answer text is redacted by safety before a client sees it
   step "safety" { timeout = "100ms" },                  -- the input: PII redacted, injection blocked
   step "intent" { timeout = "50ms", retries = 2, when = function(msg) return not msg.blocked end,

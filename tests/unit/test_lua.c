@@ -923,6 +923,79 @@ TT_TEST(msgpack_hostile_input_rejected)
 	tr_lua_state_free(L);
 }
 
+/* tr_lua_test: predicates read the message in place, through a view. */
+TT_TEST(predicate_view)
+{
+	TT_ASSERT(in_root());
+	tr_config *c = load1("tests/lua/good/view.lua");
+	TT_ASSERT(c != NULL);
+	lua_State *L = NULL;
+	char err[256];
+	TT_OK(tr_lua_state_new(c, NULL, &L, err, sizeof(err)));
+	const tr_step_list *st = &tr_config_pipeline(c, "p")->steps;
+	TT_EQ(st->n, 9);
+	int top = lua_gettop(L), truth = -1;
+#define W(i) st->v[(i) - 1].when_fn
+	/* {go = true, input = {text = "hi"}, [7] = "seven", want = 5} */
+	static const unsigned char m[] = "\x85\xa2go\xc3\xa5input\x81\xa4text\xa2hi"
+	                                 "\x07\xa5seven\xa4want\x05\xa3pad\xa0";
+	size_t mn = sizeof(m) - 1;
+	TT_OK(tr_lua_test(L, W(1), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	TT_OK(tr_lua_test(L, W(2), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	TT_OK(tr_lua_test(L, W(3), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	/* pairs sees the 5 fields plus the call's own write (want = 5 + 1
+	 * fails, so say 6 through a second message) */
+	TT_OK(tr_lua_test(L, W(4), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 0); /* 6 keys, want = 5 */
+	static const unsigned char m6[] = "\x82\xa4want\x03\xa1x\x01"; /* x, want, extra */
+	TT_OK(tr_lua_test(L, W(4), m6, sizeof(m6) - 1, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	/* the write (extra) was dropped after the call */
+	TT_OK(tr_lua_test(L, W(2), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	/* a view kept past its call cannot be read */
+	TT_OK(tr_lua_test(L, W(5), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_RC(tr_lua_test(L, W(6), NULL, 0, NULL, &truth, err, sizeof(err)), TR_EFAILED);
+	TT_ASSERT(strstr(err, "can only be read during its call") != NULL);
+	TT_OK(tr_lua_test(L, W(7), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	/* rawset into the view does not leak into the next call */
+	TT_OK(tr_lua_test(L, W(8), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	TT_OK(tr_lua_test(L, W(1), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	TT_RC(tr_lua_test(L, W(9), m, mn, NULL, &truth, err, sizeof(err)), TR_EFAILED);
+	TT_ASSERT(strstr(err, "protected metatable") != NULL);
+	TT_OK(tr_lua_test(L, W(1), m, mn, NULL, &truth, err, sizeof(err)));
+	TT_EQ(truth, 1);
+	/* not a map */
+	TT_RC(tr_lua_test(L, W(1), (const unsigned char *)"\x91\x01", 2, NULL, &truth, err,
+	                  sizeof(err)), TR_EPROTO);
+	/* the view costs the field read, not the message: a 64 KiB field
+	 * the predicate never reads is never converted */
+	tr_buf big;
+	tr_buf_init(&big);
+	tr__buf_append(&big, "\x82\xa2go\xc3\xa3pad\xc6\x00\x01\x00\x00", 12);
+	for (int i = 0; i < 65536; i++)
+		tr__buf_append(&big, "x", 1);
+	lua_gc(L, LUA_GCCOLLECT);
+	int kb0 = lua_gc(L, LUA_GCCOUNT);
+	lua_gc(L, LUA_GCSTOP);
+	TT_OK(tr_lua_test(L, W(1), big.data, big.len, NULL, &truth, err, sizeof(err)));
+	int kb1 = lua_gc(L, LUA_GCCOUNT);
+	lua_gc(L, LUA_GCRESTART);
+	TT_EQ(truth, 1);
+	TT_ASSERT(kb1 - kb0 < 16);
+	tr_buf_free(&big);
+#undef W
+	TT_EQ(lua_gettop(L), top);
+	tr_lua_state_free(L);
+	tr_config_free(c);
+}
+
 TT_TEST(state_cost)
 {
 	TT_ASSERT(in_root());
@@ -1153,6 +1226,7 @@ TT_LIST = {
 	TT_ENTRY(sandbox_limits),
 	TT_ENTRY(msgpack_round_trip),
 	TT_ENTRY(msgpack_hostile_input_rejected),
+	TT_ENTRY(predicate_view),
 	TT_ENTRY(state_cost),
 	TT_ENTRY(lua_actor_on_node),
 	TT_ENTRY(cleanup),

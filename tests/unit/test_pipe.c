@@ -556,6 +556,26 @@ TT_TEST(fallback_after_crashes)
 	TT_EQ(tn_stop(n), 0);
 }
 
+/* output = { ... }: a run answers with those fields of its message only. */
+TT_TEST(output_projection)
+{
+	reset();
+	tr_step steps[] = {call("a", 1000, 0), call("b", 1000, 0)};
+	char *keep[] = {"b", "text", "absent"};
+	pspec.steps = list(steps, 2);
+	pspec.output = keep;
+	pspec.noutput = 3;
+	spawn_def d[] = {{"a", &echo_ops, 0, 0}, {"b", &echo_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 2, &c);
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	TT_EQ(ok_answers(), 1);
+	TT_ASSERT(last_has("text", "hi") && last_has("b", NULL));
+	TT_ASSERT(!last_has("a", NULL) && !last_has("absent", NULL));
+	TT_EQ(tn_stop(n), 0);
+}
+
 TT_TEST(route_on_field)
 {
 	reset();
@@ -665,6 +685,24 @@ TT_TEST(tap_events_and_drops)
 	for (int i = 0; i < 100 && atomic_load(&tap_events) < 40; i++)
 		tn_sleep_ms(10);
 	TT_EQ(atomic_load(&tap_events), 40); /* start + end per step per run */
+	TT_EQ(tn_stop(n), 0);
+
+	/* tap_events = { "end" }: one event per step. */
+	reset();
+	pspec.steps = list(steps, 2);
+	pspec.tap = "tap";
+	pspec.tap_events = TR_TAP_END;
+	n = start(d, 3, &c);
+	TT_OK(tn_send(n, c, KICK, 10));
+	TT_EQ(wait_answers(10), 10);
+	for (int i = 0; i < 100 && atomic_load(&tap_events) < 20; i++)
+		tn_sleep_ms(10);
+	tn_sleep_ms(20);
+	TT_EQ(atomic_load(&tap_events), 20);
+	tr_pipe_stats ps0;
+	TT_OK(tr_pipe_stats_get(n, "test", &ps0));
+	TT_EQ(ps0.tap_sent, 20);
+	TT_EQ(ps0.tap_dropped, 0);
 	TT_EQ(tn_stop(n), 0);
 
 	/* A tiny tap that drops: runs are unaffected, drops are counted. */
@@ -898,6 +936,7 @@ TT_LIST = {
 	TT_ENTRY(first_byte_timeout_cuts_a_silent_step),
 	TT_ENTRY(timeout_clipped_by_deadline),
 	TT_ENTRY(fallback_after_crashes),
+	TT_ENTRY(output_projection),
 	TT_ENTRY(route_on_field),
 	TT_ENTRY(parallel_join_all_merges),
 	TT_ENTRY(parallel_first_and_failures),

@@ -26,6 +26,7 @@
 
 #include "lua/lua_int.h"
 #include "msg/msg_int.h"
+#include "pipe/mp.h"
 
 /* ------------------------------------------------------------------ */
 /* decoding                                                             */
@@ -207,6 +208,179 @@ int tr_lua_push_msgpack(lua_State *L, const unsigned char *p, size_t n)
 		return TR_OK;
 	lua_pop(L, 1);
 	return st == LUA_ERRMEM ? TR_ENOMEM : TR_EPROTO;
+}
+
+/* ------------------------------------------------------------------ */
+/* the read-only view of a message, for predicates                     */
+
+/*
+ * A `when` predicate usually reads one or two fields of a message that
+ * may carry kilobytes of passages; converting it all into tables cost the
+ * default assistant about 14 % of its CPU. The view is one empty table per
+ * state, reused for every call, whose __index finds a field in the
+ * msgpack bytes and converts that value only. Writes land in the table
+ * itself (so `msg.x = 1; return msg.x` still works inside the call) and
+ * are wiped when the call ends. pairs() and # convert the whole message,
+ * which is what they need anyway. Between calls the bytes pointer is NULL
+ * and any read raises, so a predicate that keeps `msg` in a global cannot
+ * read freed memory later. The metatable is hidden (__metatable = false)
+ * so a script cannot unhook it for the calls after its own.
+ */
+typedef struct view {
+	const unsigned char *p; /* the checked map being read; NULL between calls.
+	                           Borrowed from the caller for one call. */
+	size_t n;
+} view;
+
+static const char key_view;
+
+static view *view_of(lua_State *L)
+{
+	view *v = lua_touserdata(L, lua_upvalueindex(1));
+	if (v->p == NULL)
+		luaL_error(L, "the message of a 'when' predicate can only be read during its call");
+	return v;
+}
+
+static int view_index(lua_State *L)
+{
+	view *v = view_of(L);
+	rd r = {v->p, v->n, 0};
+	uint64_t n;
+	unsigned char c = v->p[0];
+	size_t klen = 0;
+	const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &klen) : NULL;
+
+	if (c >= 0x80 && c <= 0x8f)
+		n = c & 0x0f, r.pos = 1;
+	else if (c == 0xde)
+		n = be(v->p + 1, 2), r.pos = 3;
+	else
+		n = be(v->p + 1, 4), r.pos = 5;
+	for (uint64_t i = 0; i < n; i++) {
+		unsigned char k = v->p[r.pos];
+		size_t kl = 0, kh = 0;
+		int match;
+		if (k >= 0xa0 && k <= 0xbf)
+			kl = k & 0x1f, kh = 1;
+		else if (k == 0xd9)
+			kl = v->p[r.pos + 1], kh = 2;
+		else if (k == 0xda)
+			kl = (size_t)be(v->p + r.pos + 1, 2), kh = 3;
+		else if (k == 0xdb)
+			kl = (size_t)be(v->p + r.pos + 1, 4), kh = 5;
+		if (kh > 0) { /* a str key: compared in place */
+			match = key != NULL && kl == klen && memcmp(v->p + r.pos + kh, key, kl) == 0;
+			r.pos += kh + kl;
+		} else { /* other keys (integers): as Lua values */
+			push_obj(L, &r);
+			match = lua_rawequal(L, -1, 2);
+			lua_pop(L, 1);
+		}
+		if (match) {
+			push_obj(L, &r);
+			return 1;
+		}
+		r.pos += tr__mp_size(v->p + r.pos);
+	}
+	lua_pushnil(L);
+	return 1;
+}
+
+/* pairs(msg) and #msg: on a full copy, with the call's own writes. */
+static void view_full(lua_State *L, view *v)
+{
+	tr__lua_push_checked(L, v->p, v->n);
+	lua_pushnil(L);
+	while (lua_next(L, 1)) {
+		lua_pushvalue(L, -2);
+		lua_insert(L, -2);
+		lua_rawset(L, -4);
+	}
+}
+
+static int view_next(lua_State *L)
+{
+	lua_settop(L, 2);
+	if (lua_next(L, 1))
+		return 2;
+	lua_pushnil(L);
+	return 1;
+}
+
+static int view_pairs(lua_State *L)
+{
+	view *v = view_of(L);
+	lua_pushcfunction(L, view_next);
+	view_full(L, v);
+	lua_pushnil(L);
+	return 3;
+}
+
+static int view_len(lua_State *L)
+{
+	view *v = view_of(L);
+	view_full(L, v);
+	lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
+	return 1;
+}
+
+void tr__lua_view_push(lua_State *L, const unsigned char *p, size_t n)
+{
+	view *v;
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_view) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_createtable(L, 0, 0);           /* the view */
+		lua_createtable(L, 0, 4);           /* its metatable */
+		v = lua_newuserdatauv(L, sizeof(*v), 0);
+		v->p = NULL;
+		v->n = 0;
+		lua_pushvalue(L, -1);
+		lua_pushcclosure(L, view_index, 1);
+		lua_setfield(L, -3, "__index");
+		lua_pushvalue(L, -1);
+		lua_pushcclosure(L, view_pairs, 1);
+		lua_setfield(L, -3, "__pairs");
+		lua_pushcclosure(L, view_len, 1);
+		lua_setfield(L, -2, "__len");
+		lua_pushboolean(L, 0);
+		lua_setfield(L, -2, "__metatable");
+		lua_setmetatable(L, -2);
+		lua_pushvalue(L, -1);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &key_view);
+	}
+	lua_getmetatable(L, -1);
+	lua_getfield(L, -1, "__index");
+	lua_getupvalue(L, -1, 1);
+	v = lua_touserdata(L, -1);
+	lua_pop(L, 3);
+	v->p = p;
+	v->n = n;
+}
+
+void tr__lua_view_close(lua_State *L)
+{
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &key_view) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		return;
+	}
+	int t = lua_gettop(L);
+	lua_getmetatable(L, t);
+	lua_getfield(L, -1, "__index");
+	lua_getupvalue(L, -1, 1);
+	view *v = lua_touserdata(L, -1);
+	v->p = NULL;
+	v->n = 0;
+	lua_settop(L, t);
+	/* The call's writes: wiped, so the next call sees only its message. */
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		lua_pushvalue(L, -1);
+		lua_pushnil(L);
+		lua_rawset(L, t);
+	}
+	lua_pop(L, 1);
 }
 
 /* ------------------------------------------------------------------ */

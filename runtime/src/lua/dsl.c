@@ -1751,23 +1751,35 @@ static const char *const retry_names[] = {"timeout", "error", "overload", "rejec
 static const uint32_t retry_bits[] = {TR_RETRY_TIMEOUT, TR_RETRY_ERROR, TR_RETRY_OVERLOAD,
                                       TR_RETRY_OVERLOAD, TR_RETRY_CRASHED};
 
-static void build_retry_on(fctx *f, int o, uint32_t *mask)
+/* A set of names (a list, or one string) into a bit mask: key `key` of
+ * the table at o, each name one of names[0..n) with bit bits[i]. The mask
+ * is left as it was when the key is absent. `what` names an element in
+ * messages ("error class", plural `whats`). */
+static void build_mask(fctx *f, int o, const char *key, const char *const *names,
+                       const uint32_t *bits, size_t nnames, const char *what,
+                       const char *whats, uint32_t *mask)
 {
 	lua_State *L = f->v->L;
-	char b[64];
-	int ty = rget(L, o, "retry_on"), t = lua_gettop(L);
-	size_t n = 1;
+	char b[64], known[160];
+	int ty = rget(L, o, key), t = lua_gettop(L);
+	size_t n = 1, kl = 0;
 
+	known[0] = '\0';
+	for (size_t j = 0; j < nnames; j++)
+		kl += (size_t)snprintf(known + kl, kl < sizeof(known) ? sizeof(known) - kl : 0, "%s%s",
+		                       j ? ", " : "", names[j]);
 	if (ty == LUA_TNIL)
 		goto out;
 	if (ty != LUA_TTABLE && ty != LUA_TSTRING) {
-		diag(f->v, f->w, "%s: retry_on: expected a list of error classes (timeout, error, "
-		     "overload, rejected, crashed), got %s", f->who, got(L, t, b, sizeof(b)));
+		diag(f->v, f->w, "%s: %s: expected a list of %s (%s), got %s", f->who, key, whats,
+		     known, got(L, t, b, sizeof(b)));
 		goto out;
 	}
 	if (ty == LUA_TTABLE) {
 		fctx fr;
-		subwho(&fr, f, ": retry_on");
+		char sub[64];
+		snprintf(sub, sizeof(sub), ": %s", key);
+		subwho(&fr, f, sub);
 		n = seq_count(L, t);
 		check_keys(&fr, t, NULL, 0, 1, NULL);
 		check_holes(&fr, t, n);
@@ -1781,26 +1793,74 @@ static void build_retry_on(fctx *f, int o, uint32_t *mask)
 		else
 			lua_pushvalue(L, t);
 		if (lua_type(L, -1) != LUA_TSTRING) {
-			diag(f->v, f->w, "%s: retry_on: element %zu: expected a string, got %s", f->who,
+			diag(f->v, f->w, "%s: %s: element %zu: expected a string, got %s", f->who, key,
 			     i + 1, got(L, -1, b, sizeof(b)));
 			lua_pop(L, 1);
 			continue;
 		}
 		s = lua_tostring(L, -1);
-		for (j = 0; j < 5; j++)
-			if (strcmp(s, retry_names[j]) == 0)
+		for (j = 0; j < nnames; j++)
+			if (strcmp(s, names[j]) == 0)
 				break;
-		if (j < 5)
-			*mask |= retry_bits[j];
-		else if ((sg = suggest(s, retry_names, 5)) != NULL)
-			diag(f->v, f->w, "%s: retry_on: unknown error class '%s' (did you mean '%s'?)",
-			     f->who, s, sg);
+		if (j < nnames)
+			*mask |= bits[j];
+		else if ((sg = suggest(s, names, nnames)) != NULL)
+			diag(f->v, f->w, "%s: %s: unknown %s '%s' (did you mean '%s'?)", f->who, key, what,
+			     s, sg);
 		else
-			diag(f->v, f->w, "%s: retry_on: unknown error class '%s' (known: timeout, error, "
-			     "overload, rejected, crashed)", f->who, s);
+			diag(f->v, f->w, "%s: %s: unknown %s '%s' (known: %s)", f->who, key, what, s,
+			     known);
 		lua_pop(L, 1);
 	}
 out:
+	lua_pop(L, 1);
+}
+
+static void build_retry_on(fctx *f, int o, uint32_t *mask)
+{
+	build_mask(f, o, "retry_on", retry_names, retry_bits, 5, "error class", "error classes",
+	           mask);
+}
+
+/* A list of message field names (or one name), key `key` of the table at
+ * t: *out (owned, NULL when empty) and *n. */
+static void build_names(fctx *f, int t, const char *key, char ***out, size_t *n)
+{
+	lua_State *L = f->v->L;
+	vctx *v = f->v;
+	char b[64];
+	int kt = rget(L, t, key);
+	if (kt == LUA_TSTRING) {
+		*out = tr__calloc(1, sizeof(char *));
+		if (*out == NULL)
+			v->nomem = 1;
+		else if (((*out)[0] = dup(v, lua_tostring(L, -1))) != NULL)
+			*n = 1;
+	} else if (kt == LUA_TTABLE) {
+		int ki = lua_gettop(L);
+		size_t k = seq_count(L, ki);
+		fctx fk;
+		char sub[64];
+		snprintf(sub, sizeof(sub), ": %s", key);
+		subwho(&fk, f, sub);
+		check_keys(&fk, ki, NULL, 0, 1, NULL);
+		check_holes(&fk, ki, k);
+		*out = k ? tr__calloc(k, sizeof(char *)) : NULL;
+		if (k && *out == NULL)
+			v->nomem = 1;
+		for (size_t i = 0; *out && i < k; i++) {
+			lua_rawgeti(L, ki, (lua_Integer)i + 1);
+			if (lua_type(L, -1) != LUA_TSTRING)
+				diag(v, f->w, "%s: %s: element %zu: expected a field name, got %s", f->who,
+				     key, i + 1, got(L, -1, b, sizeof(b)));
+			else if (((*out)[*n] = dup(v, lua_tostring(L, -1))) != NULL)
+				(*n)++;
+			lua_pop(L, 1);
+		}
+	} else if (kt != LUA_TNIL) {
+		diag(v, f->w, "%s: %s: expected a list of field names, got %s", f->who, key,
+		     got(L, -1, b, sizeof(b)));
+	}
 	lua_pop(L, 1);
 }
 
@@ -1833,7 +1893,7 @@ static void build_cache(fctx *f, int o, tr_cache_spec *cs)
 	lua_State *L = f->v->L;
 	vctx *v = f->v;
 	char b[64];
-	int ty = rget(L, o, "cache"), t = lua_gettop(L), kt;
+	int ty = rget(L, o, "cache"), t = lua_gettop(L);
 	fctx fc;
 
 	subwho(&fc, f, ": cache");
@@ -1850,37 +1910,7 @@ static void build_cache(fctx *f, int o, tr_cache_spec *cs)
 	if (!want_dur(&fc, t, "ttl", &cs->ttl_us))
 		diag(v, f->w, "%s: missing ttl (e.g. ttl = \"60s\")", fc.who);
 	want_uint(&fc, t, "capacity", 1, 10000000, &cs->capacity);
-	kt = rget(L, t, "key");
-	if (kt == LUA_TSTRING) {
-		cs->keys = tr__calloc(1, sizeof(char *));
-		if (cs->keys == NULL)
-			v->nomem = 1;
-		else if ((cs->keys[0] = dup(v, lua_tostring(L, -1))) != NULL)
-			cs->nkeys = 1;
-	} else if (kt == LUA_TTABLE) {
-		int ki = lua_gettop(L);
-		size_t n = seq_count(L, ki);
-		fctx fk;
-		subwho(&fk, &fc, ": key");
-		check_keys(&fk, ki, NULL, 0, 1, NULL);
-		check_holes(&fk, ki, n);
-		cs->keys = n ? tr__calloc(n, sizeof(char *)) : NULL;
-		if (n && cs->keys == NULL)
-			v->nomem = 1;
-		for (size_t i = 0; cs->keys && i < n; i++) {
-			lua_rawgeti(L, ki, (lua_Integer)i + 1);
-			if (lua_type(L, -1) != LUA_TSTRING)
-				diag(v, f->w, "%s: key: element %zu: expected a field name, got %s", fc.who,
-				     i + 1, got(L, -1, b, sizeof(b)));
-			else if ((cs->keys[cs->nkeys] = dup(v, lua_tostring(L, -1))) != NULL)
-				cs->nkeys++;
-			lua_pop(L, 1);
-		}
-	} else if (kt != LUA_TNIL) {
-		diag(v, f->w, "%s: key: expected a list of field names, got %s", fc.who,
-		     got(L, -1, b, sizeof(b)));
-	}
-	lua_pop(L, 1);
+	build_names(&fc, t, "key", &cs->keys, &cs->nkeys);
 out:
 	lua_pop(L, 1);
 }
@@ -2150,7 +2180,11 @@ static void build_list(vctx *v, int t, tr_step_list *out, fctx *f, int depth)
 
 static void build_pipeline(vctx *v, int d, where w, tr_pipeline_spec *p)
 {
-	static const char *const keys[] = {"deadline", "max_inflight", "tap", "stream"};
+	static const char *const keys[] = {"deadline", "max_inflight", "tap", "tap_events",
+	                                   "stream", "output"};
+	static const char *const ev_names[] = {"start", "end", "retry", "timeout", "error"};
+	static const uint32_t ev_bits[] = {TR_TAP_START, TR_TAP_END, TR_TAP_RETRY, TR_TAP_TIMEOUT,
+	                                   TR_TAP_ERROR};
 	lua_State *L = v->L;
 	fctx f = {v, w, ""};
 	char b[64];
@@ -2170,11 +2204,18 @@ static void build_pipeline(vctx *v, int d, where w, tr_pipeline_spec *p)
 		lua_pop(L, 1);
 		return;
 	}
-	check_keys(&f, o, keys, 4, 1, NULL);
+	check_keys(&f, o, keys, 6, 1, NULL);
 	want_dur(&f, o, "deadline", &p->deadline_us);
 	want_uint(&f, o, "max_inflight", 1, 1000000, &p->max_inflight);
 	if (want_str(&f, o, "tap", &p->tap) && p->tap != NULL)
 		check_actor_ref(&f, "tap", p->tap);
+	build_mask(&f, o, "tap_events", ev_names, ev_bits, 5, "step event", "step events",
+	           &p->tap_events);
+	if (rget(L, o, "tap_events") == LUA_TTABLE && seq_count(L, lua_gettop(L)) == 0)
+		diag(v, w, "%s: tap_events: expected at least one step event (start, end, retry, "
+		     "timeout, error)", f.who);
+	lua_pop(L, 1);
+	build_names(&f, o, "output", &p->output, &p->noutput);
 	if (want_str(&f, o, "stream", &p->stream) && p->stream != NULL)
 		check_actor_ref(&f, "stream", p->stream);
 	n = seq_count(L, o);

@@ -81,6 +81,13 @@ void tr__lua_dsl_open(lua_State *L);
  * raises on memory errors. */
 void tr__lua_push_checked(lua_State *L, const unsigned char *p, size_t n);
 
+/* The read-only view of a message for predicates (conv.c): pushes the
+ * state's one view table, now reading the checked map p[0..n) (borrowed
+ * until _close); raises on memory errors. _close ends the call: reads
+ * raise again and the call's writes into the view are wiped. */
+void tr__lua_view_push(lua_State *L, const unsigned char *p, size_t n);
+void tr__lua_view_close(lua_State *L);
+
 /* Edit distance between a and b, capped: returns cap+1 once past it. */
 unsigned tr__lua_editdist(const char *a, const char *b, unsigned cap);
 

@@ -544,7 +544,7 @@ typedef struct call_args {
 	const unsigned char *in;
 	size_t inlen;
 	const tr_lua_ctx *ctx;
-	tr_buf *out;
+	tr_buf *out;   /* NULL: a predicate (tr_lua_test) */
 	int truth;
 	int rc;        /* TR_OK, or an error found without raising */
 	char *err;
@@ -568,6 +568,8 @@ static int call_k(lua_State *L)
 	lua_pushvalue(L, 2); /* kept at 2 to name it if its result is bad */
 	if (a->inlen == 0) {
 		lua_createtable(L, 0, 0);
+	} else if (a->out == NULL) {
+		tr__lua_view_push(L, a->in, a->inlen); /* checked by the caller */
 	} else if (tr_mp_check(a->in, a->inlen, TR_MP_MAX_DEPTH) != TR_OK ||
 	           !((a->in[0] & 0xf0) == 0x80 || a->in[0] == 0xde || a->in[0] == 0xdf)) {
 		snprintf(a->err, a->errlen, "the message is not a msgpack map");
@@ -593,7 +595,7 @@ static int call_k(lua_State *L)
 	}
 	lua_call(L, 2, 1);
 	a->truth = lua_toboolean(L, -1);
-	if (!lua_isnil(L, -1) && tr_lua_to_msgpack(L, -1, a->out) != TR_OK) {
+	if (a->out != NULL && !lua_isnil(L, -1) && tr_lua_to_msgpack(L, -1, a->out) != TR_OK) {
 		lua_pushvalue(L, 2);
 		lua_getinfo(L, ">S", &ar);
 		snprintf(a->err, a->errlen,
@@ -610,7 +612,7 @@ int tr_lua_call(lua_State *L, int fn, const unsigned char *in, size_t inlen,
 {
 	tr__lsb *s = tr__lua_sb(L);
 	call_args a = {fn, in, inlen, ctx, out, 0, TR_OK, err, errlen};
-	size_t start = out->len;
+	size_t start = out != NULL ? out->len : 0;
 	int top = lua_gettop(L), st;
 
 	if (errlen > 0)
@@ -626,11 +628,24 @@ int tr_lua_call(lua_State *L, int fn, const unsigned char *in, size_t inlen,
 		a.rc = TR_EFAILED;
 	}
 	lua_settop(L, top);
+	if (out == NULL)
+		tr__lua_view_close(L);
 	if (a.rc != TR_OK) {
-		out->len = start;
+		if (out != NULL)
+			out->len = start;
 		return a.rc;
 	}
 	if (truth != NULL)
 		*truth = a.truth;
 	return TR_OK;
+}
+
+int tr_lua_test(lua_State *L, int fn, const unsigned char *in, size_t inlen,
+                const tr_lua_ctx *ctx, int *truth, char *err, size_t errlen)
+{
+	if (inlen > 0 && !((in[0] & 0xf0) == 0x80 || in[0] == 0xde || in[0] == 0xdf)) {
+		snprintf(err, errlen, "the message is not a msgpack map");
+		return TR_EPROTO;
+	}
+	return tr_lua_call(L, fn, in, inlen, ctx, NULL, truth, err, errlen);
 }

@@ -89,6 +89,19 @@ typedef struct tr_lua_ctx {
 int tr_lua_call(lua_State *L, int fn, const unsigned char *in, size_t inlen,
                 const tr_lua_ctx *ctx, tr_buf *out, int *truth, char *err, size_t errlen);
 
+/*
+ * A predicate: fn(msg, ctx) like tr_lua_call, with *truth its result's
+ * truthiness and nothing encoded. `in` must be a map that tr_mp_check()
+ * accepted (the engine checks every body once). msg is a read-only view
+ * of those bytes, not a copy: a field is converted when it is read, so a
+ * predicate on one field of a large message costs that field only.
+ * pairs(msg) and #msg work on a full copy; writes are visible inside the
+ * call and dropped after it; outside the call any read raises. Errors as
+ * tr_lua_call (TR_EPROTO if `in` is not a map).
+ */
+int tr_lua_test(lua_State *L, int fn, const unsigned char *in, size_t inlen,
+                const tr_lua_ctx *ctx, int *truth, char *err, size_t errlen);
+
 /* msgpack <-> Lua (states from tr_lua_state_new only: they carry the
  * sandbox bookkeeping). Push: exactly one object in p[0..n), checked with
  * tr_mp_check first; TR_OK (one value pushed), TR_EPROTO (malformed, depth

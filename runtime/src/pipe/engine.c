@@ -356,6 +356,16 @@ static void targets_free(engine *e)
 /* ------------------------------------------------------------------ */
 /* taps: fire and forget                                               */
 
+static uint32_t tap_bit(const char *event)
+{
+	switch (event[0]) {
+	case 's': return TR_TAP_START;
+	case 'e': return event[1] == 'n' ? TR_TAP_END : TR_TAP_ERROR;
+	case 'r': return TR_TAP_RETRY;
+	default: return TR_TAP_TIMEOUT;
+	}
+}
+
 static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int cls)
 {
 	tr_ref to;
@@ -365,14 +375,20 @@ static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int c
 	char trace[33];
 	const run *r = f->r;
 
-	if (e->spec->tap == NULL)
+	if (e->spec->tap == NULL ||
+	    !((e->spec->tap_events ? e->spec->tap_events : TR_TAP_ALL) & tap_bit(event)))
 		return;
 	if (resolve(e, e->spec->tap, &to, NULL) != TR_OK) {
 		STAT_ADD(e, S_TAP_DROPPED, 1);
 		return;
 	}
-	snprintf(trace, sizeof(trace), "%016llx%016llx", (unsigned long long)r->req->trace_hi,
-	         (unsigned long long)r->req->trace_lo);
+	static const char hex[] = "0123456789abcdef";
+	for (int i = 0; i < 16; i++) {
+		trace[i] = hex[(r->req->trace_hi >> (60 - 4 * i)) & 15];
+		trace[16 + i] = hex[(r->req->trace_lo >> (60 - 4 * i)) & 15];
+	}
+	trace[32] = '\0';
+	uint64_t now = tr_now_ns();
 	tr_buf_init(&b);
 	tr__mp_packer(&pk, &b);
 	int bad = msgpack_pack_map(&pk, cls ? 8 : 7) ||
@@ -382,9 +398,9 @@ static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int c
 	          tr__mp_pack_cstr(&pk, f->target ? f->target : "") ||
 	          tr__mp_pack_cstr(&pk, "attempt") || msgpack_pack_uint32(&pk, f->attempts) ||
 	          tr__mp_pack_cstr(&pk, "step_us") ||
-	          msgpack_pack_uint64(&pk, (tr_now_ns() - f->step_t0) / 1000u) ||
+	          msgpack_pack_uint64(&pk, (now - f->step_t0) / 1000u) ||
 	          tr__mp_pack_cstr(&pk, "run_us") ||
-	          msgpack_pack_uint64(&pk, (tr_now_ns() - r->t0) / 1000u) ||
+	          msgpack_pack_uint64(&pk, (now - r->t0) / 1000u) ||
 	          tr__mp_pack_cstr(&pk, "trace") || tr__mp_pack_cstr(&pk, trace) ||
 	          (cls && (tr__mp_pack_cstr(&pk, "error") || tr__mp_pack_cstr(&pk, cls_name(cls))));
 	body = bad ? NULL : tr_body_new(b.data, b.len);
@@ -792,6 +808,20 @@ static void run_end(tr_ctx *ctx, engine *e, run *r, int err, tr_body *body)
 		stream_end(ctx, e, r);
 		tr__map_del(&e->streams, r->stream_id, TR_REF_NONE, &p);
 		r->stream_state = 3;
+	}
+	if (err == TR_OK && e->spec->output != NULL && body != NULL) {
+		/* output = { ... }: the answer keeps those fields only (without
+		 * memory it keeps them all rather than fail a finished run). */
+		tr_buf b;
+		tr_buf_init(&b);
+		tr_body *pb = tr__mp_map_pick(body->data, body->len, e->spec->output,
+		                              e->spec->noutput, &b) == TR_OK
+		                  ? tr_body_new(b.data, b.len) : NULL;
+		tr_buf_free(&b);
+		if (pb != NULL) {
+			tr_body_unref(body);
+			body = pb;
+		}
 	}
 	if (r->req->arg & TR_RUN_TRACE) {
 		tr_body *t = traced_body(r, body, err != TR_OK);
@@ -1552,11 +1582,10 @@ static int when_ok(engine *e, fiber *f, const tr_step *s, char *err, size_t errl
 		return -1;
 	}
 	tr_lua_ctx lc = {e->spec->name, 0, tr_tenant_name(f->r->req->tenant)};
-	tr_buf out;
-	tr_buf_init(&out);
-	int rc = tr_lua_call(e->L, s->when_fn, f->body->data, f->body->len, &lc, &out, &truth, err,
-	                     errlen);
-	tr_buf_free(&out);
+	/* f->body was checked when it entered the run or came back from a
+	 * step: the predicate reads it in place (tr_lua_test). */
+	int rc = tr_lua_test(e->L, s->when_fn, f->body ? f->body->data : NULL,
+	                     f->body ? f->body->len : 0, &lc, &truth, err, errlen);
 	return rc == TR_OK ? truth : -1;
 }
 

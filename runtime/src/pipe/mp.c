@@ -170,6 +170,46 @@ int tr__mp_map_get(const unsigned char *p, size_t len, const char *key,
 	return TR_ENOTFOUND;
 }
 
+/* Whether entry key k (one object) is a str equal to one of keys[]. */
+static int key_in(const unsigned char *k, char *const *keys, size_t nkeys)
+{
+	const char *s;
+	size_t n;
+	if (tr__mp_str(k, tr__mp_size(k), &s, &n) != TR_OK)
+		return 0;
+	for (size_t i = 0; i < nkeys; i++)
+		if (strlen(keys[i]) == n && memcmp(keys[i], s, n) == 0)
+			return 1;
+	return 0;
+}
+
+int tr__mp_map_pick(const unsigned char *p, size_t len, char *const *keys, size_t nkeys,
+                    tr_buf *out)
+{
+	uint32_t n, kept = 0;
+	size_t hdr, pos;
+	msgpack_packer pk;
+	if (map_head(p, len, &n, &hdr) != 0)
+		return TR_EINVAL;
+	pos = hdr;
+	for (uint32_t i = 0; i < n; i++) {
+		size_t ks = tr__mp_size(p + pos);
+		kept += (uint32_t)key_in(p + pos, keys, nkeys);
+		pos += ks + tr__mp_size(p + pos + ks);
+	}
+	tr__mp_packer(&pk, out);
+	if (msgpack_pack_map(&pk, kept))
+		return TR_ENOMEM;
+	pos = hdr;
+	for (uint32_t i = 0; i < n; i++) {
+		size_t ks = tr__mp_size(p + pos), vs = tr__mp_size(p + pos + ks);
+		if (key_in(p + pos, keys, nkeys) && tr__buf_append(out, p + pos, ks + vs) != TR_OK)
+			return TR_ENOMEM;
+		pos += ks + vs;
+	}
+	return TR_OK;
+}
+
 static int buf_write(void *data, const char *p, size_t n)
 {
 	return tr__buf_append(data, p, n) == TR_OK ? 0 : -1;

@@ -41,6 +41,12 @@ int tr__mp_str(const unsigned char *v, size_t vlen, const char **s, size_t *n);
 int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
                      size_t blen, tr_buf *out);
 
+/* Appends to `out` the map p with only the entries whose key is one of
+ * keys[0..nkeys) (str keys; the order of p). TR_OK, TR_EINVAL if p is not
+ * a map, TR_ENOMEM. */
+int tr__mp_map_pick(const unsigned char *p, size_t len, char *const *keys, size_t nkeys,
+                    tr_buf *out);
+
 /* A msgpack-c packer that appends to a tr_buf (write errors: ENOMEM). */
 void tr__mp_packer(msgpack_packer *pk, tr_buf *out);
 int tr__mp_pack_cstr(msgpack_packer *pk, const char *s);

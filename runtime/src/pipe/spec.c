@@ -68,6 +68,9 @@ void tr_config_free(tr_config *c)
 		tr__free(c->pipelines[i].name);
 		tr__free(c->pipelines[i].tap);
 		tr__free(c->pipelines[i].stream);
+		for (size_t j = 0; j < c->pipelines[i].noutput; j++)
+			tr__free(c->pipelines[i].output[j]);
+		tr__free(c->pipelines[i].output);
 		free_list(&c->pipelines[i].steps);
 	}
 	tr__free(c->pipelines);

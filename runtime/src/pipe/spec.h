@@ -35,6 +35,16 @@ enum {
 	TR_RETRY_DEFAULT = TR_RETRY_TIMEOUT | TR_RETRY_OVERLOAD | TR_RETRY_CRASHED
 };
 
+/* Step events a pipeline's tap receives (tap_events = { ... }). */
+enum {
+	TR_TAP_START = 1 << 0,   /* "start": an attempt begins */
+	TR_TAP_END = 1 << 1,     /* "end": a step answered */
+	TR_TAP_RETRY = 1 << 2,   /* "retry": an attempt failed, another follows */
+	TR_TAP_TIMEOUT = 1 << 3, /* "timeout": the step failed by timing out */
+	TR_TAP_ERROR = 1 << 4,   /* "error": the step failed otherwise */
+	TR_TAP_ALL = 0x1f
+};
+
 typedef enum tr_step_kind {
 	TR_STEP_CALL = 1, /* step "actor" { ... } */
 	TR_STEP_ROUTE,    /* route "field" { value = {...}, default = {...} } */
@@ -121,6 +131,11 @@ typedef struct tr_pipeline_spec {
 	uint64_t deadline_us;   /* overall; default 30 s */
 	uint32_t max_inflight;  /* runs at once; default 1000 */
 	char *tap;              /* actor that receives step events; NULL = none */
+	uint32_t tap_events;    /* TR_TAP_* mask of the events sent to tap; 0 = all */
+	/* Fields of the final message a run answers with (output = { ... });
+	 * NULL = the whole message. Owned. */
+	char **output;
+	size_t noutput;
 	char *stream;           /* actor that filters streamed text (deltas); NULL = none */
 	tr_step_list steps;
 } tr_pipeline_spec;
