@@ -261,7 +261,7 @@ int tr_kmsg_open(tr_kmsg *k, const tr_msg *m)
 		return TR_OK;
 	/* The engine checked the body (tr_mp_check) before it asked us; an
 	 * actor asked directly by someone else gets the same check here. */
-	if (tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+	if (tr_body_check(m->body) != TR_OK ||
 	    msgpack_unpack_next(&k->u, (const char *)m->body->data, m->body->len, &off) !=
 	        MSGPACK_UNPACK_SUCCESS ||
 	    k->u.data.type != MSGPACK_OBJECT_MAP)

@@ -41,6 +41,7 @@
 #include "actors/kit.h"
 #include "core/alloc.h"
 #include "msg/msg_int.h"
+#include "pipe/engine.h"
 #include "pipe/mp.h"
 
 #define SESSION_MAX 256
@@ -907,7 +908,8 @@ static int oai_answer(tr_ctx *ctx, gen_st *s, gen_call *call, const tr_msg *req,
 	}
 	/* No delta so far (a plain JSON answer, or the fallback): the whole
 	 * answer as one, so that the deltas still add up to it. */
-	if (c->stream && call->deltas == 0 && !call->broken && !tr_ref_is_none(req->from)) {
+	if (c->stream && (req->arg & TR_STEP_DELTAS) && call->deltas == 0 && !call->broken &&
+	    !tr_ref_is_none(req->from)) {
 		tr_body *b = delta_body(s, text, tn);
 		tr_msg *dm = b ? delta_msg(req, b) : NULL;
 		if (dm != NULL)
@@ -1004,7 +1006,10 @@ static int on_client(tr_ctx *ctx, gen_st *s, tr_msg *m)
 		return TR_OK; /* not one of ours */
 	if (m->tag == TR_GEN_TAG_OAI_DELTA) {
 		const tr_msg *req = call->req;
-		if (s->cfg.stream && !call->broken && m->body != NULL && !tr_ref_is_none(req->from)) {
+		/* Every chunk for a run that reads them; else the first only,
+		 * the engine's first byte (engine.h, TR_STEP_DELTAS). */
+		if (s->cfg.stream && !call->broken && m->body != NULL && !tr_ref_is_none(req->from) &&
+		    ((req->arg & TR_STEP_DELTAS) || call->deltas == 0)) {
 			/* The client packed {text = chunk}: pass the same body on. */
 			tr_msg *d = delta_msg(req, tr_body_ref(m->body));
 			if (d == NULL || tr_send(ctx, req->from, d) != TR_OK)
@@ -1142,7 +1147,9 @@ static int gen_receive(tr_ctx *ctx, void *state, tr_msg *m)
 		ans.nchunks = 1;
 		ans.chunk_end[0] = ans.len;
 	}
-	if (c->stream)
+	/* The answer follows at once: chunks only for a run that reads them
+	 * (engine.h, TR_STEP_DELTAS). */
+	if (c->stream && (m->arg & TR_STEP_DELTAS))
 		stream(ctx, s, m, &ans);
 
 	tr_kout_init(&o);

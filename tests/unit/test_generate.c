@@ -26,6 +26,8 @@
 #include "tt.h"
 #include "tnode.h"
 
+#include "pipe/engine.h"
+
 /* ---- building msgpack ---------------------------------------------------- */
 
 /* A map built pair by pair (the count goes in front at the end). */
@@ -34,6 +36,9 @@ typedef struct mapb {
 	msgpack_packer pk;
 	uint32_t n;
 } mapb;
+
+/* The step ask's arg: TR_STEP_DELTAS as for a run that reads deltas. */
+static uint64_t req_arg = TR_STEP_DELTAS;
 
 static void mb_init(mapb *b)
 {
@@ -165,6 +170,7 @@ static int client_msg(tr_ctx *ctx, probe *p, tr_msg *m)
 		q->body = tr_body_new(req.data, req.len);
 		q->tenant = req_tenant;
 		q->attempt = req_attempt;
+		q->arg = req_arg;
 		uv_mutex_unlock(&mu);
 		uint64_t corr;
 		uv_mutex_lock(&mu);
@@ -854,6 +860,19 @@ TT_TEST(streaming_deltas_come_before_the_reply)
 	uv_mutex_unlock(&mu);
 	TT_EQ(nd, 1);
 	TT_ASSERT(same);
+	/* A run that reads no deltas gets none: the answer follows at once. */
+	req_arg = 0;
+	mb_init(&m);
+	mb_str(&m, "text", "How does a supervisor restart children and what is the intensity?");
+	mb_passages(&m, ps, 2);
+	TT_EQ(ask(&m), 0);
+	req_arg = TR_STEP_DELTAS;
+	TT_EQ(R.error, 0);
+	TT_ASSERT(R.answer_len > 0);
+	uv_mutex_lock(&mu);
+	nd = ndeltas;
+	uv_mutex_unlock(&mu);
+	TT_EQ(nd, 0);
 	stop();
 
 	/* stream = false (the default): no deltas. */

@@ -231,6 +231,36 @@ static void *unref_many(void *arg)
 }
 
 /* Two threads drop references to the same bodies concurrently (TSan). */
+/* tr_body_check: tr_mp_check once per body, the verdict kept. */
+TT_TEST(body_check_once)
+{
+	tr_body *ok = tr_body_new("\x81\xa1k\x01", 4);
+	tr_body *bad = tr_body_new("\x82\xa1k\x01", 4); /* 2 entries, 1 present */
+	TT_ASSERT(ok != NULL && bad != NULL);
+	TT_EQ(atomic_load(&ok->checked), 0);
+	TT_OK(tr_body_check(ok));
+	TT_EQ(atomic_load(&ok->checked), 1);
+	TT_OK(tr_body_check(ok));
+	TT_RC(tr_body_check(bad), TR_EPROTO);
+	TT_RC(tr_body_check(bad), TR_EPROTO); /* a refusal is not remembered as a pass */
+	TT_EQ(atomic_load(&bad->checked), 0);
+	TT_RC(tr_body_check(NULL), TR_EINVAL);
+	/* bodies decoded from the wire arrive checked */
+	tr_msg *m = tr_msg_new();
+	m->body = tr_body_ref(ok);
+	tr_buf w;
+	tr_buf_init(&w);
+	TT_OK(tr_msg_encode(m, &w));
+	tr_msg *d = NULL;
+	TT_OK(tr_msg_decode(w.data, w.len, &d));
+	TT_EQ(atomic_load(&d->body->checked), 1);
+	tr_msg_free(d);
+	tr_msg_free(m);
+	tr_buf_free(&w);
+	tr_body_unref(ok);
+	tr_body_unref(bad);
+}
+
 TT_TEST(body_refcount_threads)
 {
 	static tr_body *bs[1000];
@@ -584,6 +614,7 @@ TT_LIST = {
 	TT_ENTRY(encoding_is_standard_msgpack),
 	TT_ENTRY(encode_rejects_bad_envelopes),
 	TT_ENTRY(body_refcount_fanout),
+	TT_ENTRY(body_check_once),
 	TT_ENTRY(body_refcount_threads),
 	TT_ENTRY(truncated_and_trailing),
 	TT_ENTRY(hostile_counts),

@@ -41,10 +41,15 @@
 #include "tt.h"
 #include "tnode.h"
 
+#include "pipe/engine.h"
+
 #define ANSWER "Troupe is built with ninja -C build [1]."
 #define ANSWER_WORDS 8
 
 /* ---- the server -------------------------------------------------------- */
+
+/* The step ask's arg: TR_STEP_DELTAS as for a run that reads deltas. */
+static uint64_t req_arg = TR_STEP_DELTAS;
 
 static pid_t srv_pid;
 static int srv_port;
@@ -281,6 +286,7 @@ static int client_msg(tr_ctx *ctx, probe *p, tr_msg *m)
 			q->tag = TR_TAG_STEP;
 			q->body = tr_body_new(req.data, req.len);
 			q->deadline = req_deadline;
+			q->arg = req_arg;
 			replied[ncorr] = 0;
 			int rc = tr_ask(ctx, gen_ref, q, 20000, &corr);
 			if (rc != TR_OK) {
@@ -612,6 +618,14 @@ TT_TEST(streaming_deltas_in_order_before_the_reply)
 	TT_EQ(late_deltas, 0);
 	TT_ASSERT(ndeltas >= 2 && ndeltas <= ANSWER_WORDS);
 	TT_ASSERT(deltas_equal_answer());
+	/* A run that reads no deltas: the first chunk only (the first byte). */
+	req_arg = 0;
+	TT_EQ(ask_q("mode=paced how?"), 0);
+	req_arg = TR_STEP_DELTAS;
+	TT_EQ(R.error, 0);
+	TT_STREQ(R.answer, ANSWER);
+	TT_EQ(ndeltas, 1);
+	TT_EQ(ask_q("mode=paced how?"), 0);
 	/* Usage came in the last chunk (stream_options.include_usage). */
 	TT_EQ(R.prompt_tokens, 1001);
 	TT_EQ(R.completion_tokens, 100 + ANSWER_WORDS);

@@ -58,6 +58,7 @@ static inline int tr_ref_is_none(tr_ref r)
 typedef struct tr_body {
 	atomic_uint refs; /* private */
 	uint32_t len;     /* read-only */
+	atomic_uchar checked; /* private: 1 once tr_body_check() accepted it */
 	unsigned char data[]; /* read-only once shared */
 } tr_body;
 
@@ -66,6 +67,13 @@ typedef struct tr_body {
 TR_EXTERN tr_body *tr_body_new(const void *data, size_t len);
 /* A new body of `len` uninitialised bytes, writable until first shared. */
 TR_EXTERN tr_body *tr_body_alloc(size_t len);
+/*
+ * tr_mp_check(data, len, TR_MP_MAX_DEPTH) of a shared body, done once:
+ * a body is immutable once shared, so the verdict is remembered in it and
+ * every later check (the next hop, the engine, the door) costs a load.
+ * TR_OK, or TR_EPROTO (and TR_EINVAL for NULL), like tr_mp_check.
+ */
+TR_EXTERN int tr_body_check(tr_body *b);
 /* Takes one more reference; returns `b`. */
 TR_EXTERN tr_body *tr_body_ref(tr_body *b);
 /* Drops one reference; frees the body on the last one. NULL is a no-op. */

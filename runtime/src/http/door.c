@@ -1151,7 +1151,7 @@ static void on_event(dstate *ds, tr_msg *m)
 	tr__map_ent *e = tr__map_get(&ds->runs, m->corr, TR_REF_NONE);
 	tr_buf ev;
 	if (e == NULL || m->body == NULL ||
-	    tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK)
+	    tr_body_check(m->body) != TR_OK)
 		return;
 	tr_buf_init(&ev);
 	map_json_ms(m->body->data, m->body->len, &ev);
@@ -1205,7 +1205,7 @@ static void on_answer(dstate *ds, tr_msg *m)
 
 	atomic_fetch_sub_explicit(&ds->d->inflight, 1, memory_order_relaxed);
 	c->corr = 0;
-	if (m->body != NULL && tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) == TR_OK &&
+	if (m->body != NULL && tr_body_check(m->body) == TR_OK &&
 	    tr__mp_map_len(m->body->data, m->body->len, &cnt) == TR_OK) {
 		body = m->body->data;
 		blen = m->body->len;

@@ -63,7 +63,7 @@ int tr_msg_encode(const tr_msg *m, tr_buf *out)
 		if (m->body->len > TR_MSG_MAX_WIRE)
 			return TR_ETOOBIG;
 		if (m->body->len > 0 &&
-		    tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK)
+		    tr_body_check(m->body) != TR_OK)
 			return TR_EPROTO;
 	}
 	/* One reservation up front: the header is < 160 bytes. */
@@ -341,6 +341,8 @@ int tr_msg_decode(const void *buf, size_t len, tr_msg **out)
 			rc = TR_ENOMEM;
 			goto fail;
 		}
+		if (n > 0) /* checked just above: later hops need not again */
+			atomic_store_explicit(&m->body->checked, 1, memory_order_relaxed);
 	}
 	if (r.pos != len) /* unreachable after tr_mp_check; kept as a guard */
 		goto fail;

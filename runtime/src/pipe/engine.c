@@ -1455,6 +1455,7 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	m->trace_lo = r->req->trace_lo;
 	m->tenant = r->req->tenant;
 	m->attempt = (uint16_t)f->attempts;
+	m->arg = (r->req->arg & TR_RUN_EVENTS) ? TR_STEP_DELTAS : 0;
 	rc = tr_ask(ctx, f->target_ref, m, (timeout + 999) / 1000, &corr);
 	if (rc == TR_EFULL) {
 		/* overflow=block: park until the actor says WRITABLE (it owes
@@ -1533,7 +1534,7 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 		const char *str;
 		size_t vlen, n;
 		f->last_msg[0] = '\0';
-		if (m->body != NULL && tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) == TR_OK &&
+		if (m->body != NULL && tr_body_check(m->body) == TR_OK &&
 		    tr__mp_map_get(m->body->data, m->body->len, "message", &v, &vlen) == TR_OK &&
 		    tr__mp_str(v, vlen, &str, &n) == TR_OK)
 			snprintf(f->last_msg, sizeof(f->last_msg), "%.*s", (int)n, str);
@@ -1542,7 +1543,7 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 	}
 	if (m->body != NULL && m->body->len > 0) {
 		uint32_t n;
-		if (tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+		if (tr_body_check(m->body) != TR_OK ||
 		    tr__mp_map_len(m->body->data, m->body->len, &n) != TR_OK) {
 			failed_attempt(ctx, e, f, C_ERROR, TR_EPROTO);
 			return;
@@ -1670,7 +1671,7 @@ static void on_run(tr_ctx *ctx, engine *e, tr_msg *m)
 		return;
 	}
 	if (m->body != NULL && m->body->len > 0 &&
-	    (tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+	    (tr_body_check(m->body) != TR_OK ||
 	     tr__mp_map_len(m->body->data, m->body->len, &n) != TR_OK)) {
 		STAT_ADD(e, S_FAILED, 1);
 		answer(ctx, m, TR_EPROTO,
@@ -1733,7 +1734,7 @@ static void on_delta(tr_ctx *ctx, engine *e, tr_msg *m)
 	run *r = f->r;
 	first_byte(ctx, e, f);
 	if (!(r->req->arg & TR_RUN_EVENTS) || r->answered || m->body == NULL ||
-	    tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) != TR_OK ||
+	    tr_body_check(m->body) != TR_OK ||
 	    tr__mp_map_get(m->body->data, m->body->len, "text", &v, &vl) != TR_OK ||
 	    tr__mp_str(v, vl, &txt, &n) != TR_OK)
 		return;
@@ -1766,7 +1767,7 @@ static void on_stream_out(tr_ctx *ctx, engine *e, tr_msg *m)
 	if (ent == NULL)
 		return;
 	run *r = ent->ptr;
-	int ok = m->body != NULL && tr_mp_check(m->body->data, m->body->len, TR_MP_MAX_DEPTH) == TR_OK;
+	int ok = m->body != NULL && tr_body_check(m->body) == TR_OK;
 	if (ok && tr__mp_map_get(m->body->data, m->body->len, "blocked", &v, &vl) == TR_OK) {
 		char msg[200];
 		if (tr__mp_str(v, vl, &txt, &n) != TR_OK)

@@ -84,8 +84,14 @@
  *    A block ends the run with code "blocked", which the caller sees as
  *    an error event that ends its stream.
  * Runs not asked with TR_RUN_EVENTS ignore deltas: their answer holds
- * the whole text, checked by the pipeline's steps.
+ * the whole text, checked by the pipeline's steps. So that actors do not
+ * send what nobody reads, a step ask's `arg` carries TR_STEP_DELTAS when
+ * the run wants deltas; without it an actor should send at most its
+ * first chunk, and only when its answer is still to come (the engine
+ * takes any chunk as the step's first byte, for first_byte_timeout),
+ * and none when the answer follows at once.
  */
+#define TR_STEP_DELTAS 0x1u
 #define TR_TAG_STEP_DELTA 0x101u
 #define TR_TAG_STREAM_CHUNK 0x203u
 #define TR_TAG_STREAM_OUT 0x204u
