@@ -535,7 +535,8 @@ TT_TEST(load_alloc_failures_never_leak)
 	             {"tests/lua/bad/many_problems.lua", 6},
 	             {"tests/lua/bad/tenant_keys_bad.lua", 18},
 	             {"tests/lua/good/tools.lua", 0},
-	             {"tests/lua/bad/tool_bad.lua", 21}};
+	             {"tests/lua/bad/tool_bad.lua", 22},
+	             {"tests/lua/good/backends.lua", 0}};
 	enum { NF = sizeof(files) / sizeof(files[0]) };
 	int done[NF] = {0}, ndone = 0;
 	for (long k = 1; k < 5000 && ndone < NF; k++) {
@@ -923,6 +924,43 @@ TT_TEST(msgpack_hostile_input_rejected)
 	tr_lua_state_free(L);
 }
 
+TT_TEST(backends_load)
+{
+	TT_ASSERT(in_root());
+	tr_config *c = load1("tests/lua/good/backends.lua");
+	TT_ASSERT(c != NULL);
+	TT_ASSERT(c->postgres.on);
+	TT_STREQ(c->postgres.conninfo, "hostaddr=127.0.0.1 port=5432 dbname=app");
+	TT_EQ(c->postgres.pool, 4);
+	TT_EQ(c->postgres.queue, 100);
+	TT_EQ(c->postgres.connect_timeout_us, 2000000);
+	TT_EQ(c->postgres.max_lifetime_us, 3600000000ull);
+	TT_EQ(c->postgres.statement_timeout_us, 5000000);
+	TT_ASSERT(c->postgres.pgbouncer);
+	TT_ASSERT(c->redis.on);
+	TT_STREQ(c->redis.url, "redis://127.0.0.1:6379/2");
+	TT_STREQ(c->redis.prefix, "app:");
+	TT_EQ(c->redis.timeout_us, 200000);
+	const tr_tool_spec *t = tr_config_tool(c, "appointments");
+	TT_ASSERT(t != NULL && t->sql != NULL && t->handler_fn == -1);
+	TT_EQ(t->nparams, 1);
+	TT_STREQ(t->params[0], "patient_id");
+	t = tr_config_tool(c, "between");
+	TT_EQ(t->nparams, 2);
+	TT_STREQ(t->params[0], "from");
+	TT_STREQ(t->params[1], "to");
+	tr_config_free(c);
+	char host[64];
+	int port, db;
+	TT_OK(tr_redis_url_parse("redis://[::1]:6380/3", host, sizeof(host), &port, &db));
+	TT_STREQ(host, "::1");
+	TT_EQ(port, 6380);
+	TT_EQ(db, 3);
+	TT_RC(tr_redis_url_parse("redis://127.0.0.1:0", host, sizeof(host), &port, &db), TR_EINVAL);
+	TT_RC(tr_redis_url_parse("redis://127.0.0.1:1/x", host, sizeof(host), &port, &db), TR_EINVAL);
+	TT_RC(tr_redis_url_parse("http://127.0.0.1:1", host, sizeof(host), &port, &db), TR_EINVAL);
+}
+
 /* tr_lua_test: predicates read the message in place, through a view. */
 TT_TEST(predicate_view)
 {
@@ -1226,6 +1264,7 @@ TT_LIST = {
 	TT_ENTRY(sandbox_limits),
 	TT_ENTRY(msgpack_round_trip),
 	TT_ENTRY(msgpack_hostile_input_rejected),
+	TT_ENTRY(backends_load),
 	TT_ENTRY(predicate_view),
 	TT_ENTRY(state_cost),
 	TT_ENTRY(lua_actor_on_node),

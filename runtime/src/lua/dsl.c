@@ -166,6 +166,8 @@ static int desc_direct(lua_State *L)
 	const char *what = lua_tostring(L, lua_upvalueindex(1));
 
 	lua_settop(L, 1);
+	if (lua_type(L, 1) == LUA_TSTRING)
+		return luaL_error(L, "%s has no name: write %s { ... }", what, what);
 	new_desc(L, what);
 	lua_pushvalue(L, 1);
 	lua_setfield(L, -2, "opts");
@@ -173,7 +175,7 @@ static int desc_direct(lua_State *L)
 	lua_setfield(L, -2, "called");
 	lua_getfield(L, -1, "file");
 	lua_setfield(L, -2, "called_file");
-	if (strcmp(what, "node") == 0) {
+	if (strcmp(what, "parallel") != 0) { /* node, postgres, redis */
 		declare(L);
 		return 0;
 	}
@@ -185,7 +187,7 @@ void tr__lua_dsl_open(lua_State *L)
 {
 	static const char *const named[] = {"actor", "supervisor", "pipeline", "step", "route",
 	                                    "tenant", "tool"};
-	static const char *const direct[] = {"node", "parallel"};
+	static const char *const direct[] = {"node", "parallel", "postgres", "redis"};
 
 	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
 		lua_pushstring(L, named[i]);
@@ -1013,6 +1015,87 @@ static void build_node(vctx *v, int d, where w, int *seen, where *first)
 	lua_pop(L, 1);
 }
 
+/* postgres { ... } and redis { ... }: the node's backends, once each. */
+static int backend_once(vctx *v, int d, where w, const char *what, bool *on, tr_srcpos *pos,
+                        int *o)
+{
+	lua_State *L = v->L;
+	char b[64];
+	if (*on) {
+		diag(v, w, "%s is declared twice (first at %s:%d)", what, pos->file, pos->line);
+		return 0;
+	}
+	*on = true;
+	*pos = srcpos(v, w);
+	rget(L, d, "opts");
+	*o = lua_gettop(L);
+	if (lua_type(L, *o) != LUA_TTABLE) {
+		diag(v, w, "%s: expected a table: %s { %s }, got %s", what, what,
+		     strcmp(what, "postgres") == 0 ? "conninfo = \"hostaddr=127.0.0.1 dbname=app\", pool = 10"
+		                                   : "url = \"redis://127.0.0.1:6379/0\"",
+		     got(L, *o, b, sizeof(b)));
+		lua_pop(L, 1);
+		return 0;
+	}
+	return 1;
+}
+
+static void build_postgres(vctx *v, int d, where w)
+{
+	static const char *const keys[] = {"conninfo", "conninfo_env", "pool", "queue",
+	                                   "connect_timeout", "max_lifetime", "idle_timeout",
+	                                   "statement_timeout", "pgbouncer"};
+	tr_postgres_spec *p = &v->c->postgres;
+	fctx f = {v, w, "postgres"};
+	int o;
+	if (!backend_once(v, d, w, "postgres", &p->on, &p->pos, &o))
+		return;
+	check_keys(&f, o, keys, sizeof(keys) / sizeof(keys[0]), 0, NULL);
+	want_str(&f, o, "conninfo", &p->conninfo);
+	want_str(&f, o, "conninfo_env", &p->conninfo_env);
+	if ((p->conninfo == NULL) == (p->conninfo_env == NULL))
+		diag(v, w, "postgres: give conninfo = \"...\" or conninfo_env = \"VAR\" (one of them)");
+	want_uint(&f, o, "pool", 1, 1000, &p->pool);
+	want_uint(&f, o, "queue", 1, 1000000, &p->queue);
+	want_dur_in(&f, o, "connect_timeout", MS_US, HOUR_US, "1ms", "1h", &p->connect_timeout_us);
+	want_dur_in(&f, o, "max_lifetime", 1000 * MS_US, 7 * 24 * HOUR_US, "1s", "7d",
+	            &p->max_lifetime_us);
+	want_dur_in(&f, o, "idle_timeout", MS_US, 24 * HOUR_US, "1ms", "24h", &p->idle_timeout_us);
+	want_dur_in(&f, o, "statement_timeout", MS_US, 24 * HOUR_US, "1ms", "24h",
+	            &p->statement_timeout_us);
+	want_bool(&f, o, "pgbouncer", &p->pgbouncer);
+	lua_pop(v->L, 1);
+}
+
+static void build_redis(vctx *v, int d, where w)
+{
+	static const char *const keys[] = {"url", "url_env", "prefix", "timeout", "connect_timeout",
+	                                   "max_pending"};
+	tr_redis_spec *r = &v->c->redis;
+	fctx f = {v, w, "redis"};
+	int o;
+	if (!backend_once(v, d, w, "redis", &r->on, &r->pos, &o))
+		return;
+	check_keys(&f, o, keys, sizeof(keys) / sizeof(keys[0]), 0, NULL);
+	want_str(&f, o, "url", &r->url);
+	want_str(&f, o, "url_env", &r->url_env);
+	if ((r->url == NULL) == (r->url_env == NULL))
+		diag(v, w, "redis: give url = \"redis://127.0.0.1:6379/0\" or url_env = \"VAR\" (one "
+		     "of them)");
+	if (r->url != NULL) {
+		char host[64];
+		int port, db;
+		if (tr_redis_url_parse(r->url, host, sizeof(host), &port, &db) != TR_OK)
+			diag(v, w, "redis: url: expected \"redis://<numeric ip>:<port>[/<db>]\", got '%s'",
+			     r->url);
+	}
+	want_str(&f, o, "prefix", &r->prefix);
+	want_dur_in(&f, o, "timeout", MS_US, HOUR_US, "1ms", "1h", &r->timeout_us);
+	want_dur_in(&f, o, "connect_timeout", MS_US, HOUR_US, "1ms", "1h", &r->connect_timeout_us);
+	want_uint(&f, o, "max_pending", 1, 1000000, &r->max_pending);
+	lua_pop(v->L, 1);
+}
+
 /* ---- actors ------------------------------------------------------------ */
 
 static const char *const overflow_names[] = {"block", "drop_oldest", "drop_newest", "reject"};
@@ -1699,9 +1782,57 @@ out:
 	lua_pop(L, 1);
 }
 
+static void build_names(fctx *f, int t, const char *key, char ***out, size_t *n);
+
+/* An SQL tool's params (the args filling $1, $2, ...): each an arg of
+ * the tool, every arg used once, none a table. */
+static void build_sql_params(fctx *f, int o, tr_tool_spec *t)
+{
+	vctx *v = f->v;
+	build_names(f, o, "params", &t->params, &t->nparams);
+	if (t->nparams == 0 && t->nargs == 1) {
+		t->params = tr__calloc(1, sizeof(char *));
+		if (t->params == NULL || (t->params[0] = dup(v, t->args[0].name)) == NULL) {
+			v->nomem = 1;
+			return;
+		}
+		t->nparams = 1;
+	} else if (t->nparams == 0 && t->nargs > 1) {
+		diag(v, f->w, "%s: params: a SQL tool with several args needs params = { \"%s\", ... } "
+		     "naming the arg of $1, $2, ... in order", f->who, t->args[0].name);
+		return;
+	}
+	for (size_t i = 0; i < t->nparams; i++) {
+		const tr_tool_arg *a = NULL;
+		for (size_t j = 0; j < t->nargs; j++)
+			if (strcmp(t->args[j].name, t->params[i]) == 0)
+				a = &t->args[j];
+		if (a == NULL)
+			diag(v, f->w, "%s: params: '%s' (for $%zu) is not one of the tool's args", f->who,
+			     t->params[i], i + 1);
+		else if (a->type == TR_ARG_TABLE)
+			diag(v, f->w, "%s: params: '%s' is a table, which cannot be a SQL parameter",
+			     f->who, t->params[i]);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(t->params[j], t->params[i]) == 0)
+				diag(v, f->w, "%s: params: '%s' is given twice (use $%zu again in the SQL "
+				     "instead)", f->who, t->params[i], j + 1);
+	}
+	for (size_t j = 0; j < t->nargs; j++) {
+		size_t i;
+		for (i = 0; i < t->nparams; i++)
+			if (strcmp(t->args[j].name, t->params[i]) == 0)
+				break;
+		if (i == t->nparams && t->nparams > 0)
+			diag(v, f->w, "%s: args: '%s' is not in params, so the SQL never sees it", f->who,
+			     t->args[j].name);
+	}
+}
+
 static void build_tool(vctx *v, int d, where w, const char *name, tr_tool_spec *t)
 {
-	static const char *const keys[] = {"args", "handler", "timeout", "description", "sql"};
+	static const char *const keys[] = {"args", "handler", "timeout", "description", "sql",
+	                                   "params"};
 	lua_State *L = v->L;
 	fctx f = {v, w, ""};
 	char b[64];
@@ -1720,7 +1851,7 @@ static void build_tool(vctx *v, int d, where w, const char *name, tr_tool_spec *
 		return;
 	}
 	check_keys(&f, o, keys, sizeof(keys) / sizeof(keys[0]), 0,
-	           " (a tool takes args, handler, timeout, description, sql)");
+	           " (a tool takes args, handler, timeout, description, sql, params)");
 	build_tool_args(&f, o, t);
 	want_dur_in(&f, o, "timeout", MS_US, HOUR_US, "1ms", "1h", &t->timeout_us);
 	want_str(&f, o, "description", &t->description);
@@ -1730,12 +1861,14 @@ static void build_tool(vctx *v, int d, where w, const char *name, tr_tool_spec *
 		t->handler_fn = dint(L, d, "fn");
 		if (t->sql != NULL)
 			diag(v, w, "%s: give handler or sql, not both", f.who);
+		if (rget(L, o, "params") != LUA_TNIL)
+			diag(v, w, "%s: params: only SQL tools (sql = \"...\") take params", f.who);
+		lua_pop(L, 1);
 	} else if (ty != LUA_TNIL) {
 		diag(v, w, "%s: handler: expected a function(args, ctx), got %s", f.who,
 		     got(L, -1, b, sizeof(b)));
 	} else if (t->sql != NULL) {
-		diag(v, w, "%s: sql: SQL tools need the postgres backend, which this build does not "
-		     "have yet; give handler = function(args, ctx) ... end instead", f.who);
+		build_sql_params(&f, o, t);
 	} else {
 		diag(v, w, "%s: needs handler = function(args, ctx) ... end (it returns the tool's "
 		     "result)", f.who);
@@ -2400,6 +2533,10 @@ static int validate_k(lua_State *L)
 		w = wof(L, d);
 		if (strcmp(k, "node") == 0) {
 			build_node(v, d, w, &seen_node, &first_node);
+		} else if (strcmp(k, "postgres") == 0) {
+			build_postgres(v, d, w);
+		} else if (strcmp(k, "redis") == 0) {
+			build_redis(v, d, w);
 		} else if ((name = decl_name(v, d, k, w)) == NULL) {
 			/* reported */
 		} else if (strcmp(k, "pipeline") == 0) {
@@ -2458,6 +2595,16 @@ static int validate_k(lua_State *L)
 		lua_settop(L, decls);
 	}
 	check_kinds(v);
+	for (size_t i = 0; i < c->ntools; i++) {
+		const tr_tool_spec *t = &c->tools[i];
+		where w = {0, t->pos.line};
+		for (size_t f = 0; f < c->nfiles; f++)
+			if (c->files[f] == t->pos.file)
+				w.file = (int)f;
+		if (t->sql != NULL && !c->postgres.on)
+			diag(v, w, "tool '%s': sql: SQL tools run on the node's PostgreSQL pool; declare "
+			     "postgres { conninfo = \"...\" }", t->name);
+	}
 	for (size_t i = 1; i <= n && !v->nomem; i++) {
 		lua_rawgeti(L, decls, (lua_Integer)i);
 		int d = lua_gettop(L);

@@ -261,8 +261,9 @@ static int safe_print(lua_State *L)
 	return 0;
 }
 
-static const char *const dsl_names[] = {"node", "actor", "supervisor", "pipeline",
-                                        "step", "route", "parallel", "tenant"};
+static const char *const dsl_names[] = {"node", "actor", "supervisor", "pipeline", "step",
+                                        "route", "parallel", "tenant", "tool", "postgres",
+                                        "redis"};
 static const char *const base_names[] = {
 	"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawlen", "rawget",
 	"rawset", "select", "tonumber", "tostring", "type", "xpcall", "setmetatable",

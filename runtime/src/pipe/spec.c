@@ -6,7 +6,11 @@
  * when allocated and its count raised only as elements are filled, and a
  * step whose kind is still 0 owns nothing.
  */
+#include <arpa/inet.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <troupe/err.h>
 
 #include "core/alloc.h"
 #include "pipe/spec.h"
@@ -87,14 +91,65 @@ void tr_config_free(tr_config *c)
 		tr__free(t->args);
 		tr__free(t->description);
 		tr__free(t->sql);
+		for (size_t j = 0; j < t->nparams; j++)
+			tr__free(t->params[j]);
+		tr__free(t->params);
 	}
 	tr__free(c->tools);
+	tr__free(c->postgres.conninfo);
+	tr__free(c->postgres.conninfo_env);
+	tr__free(c->redis.url);
+	tr__free(c->redis.url_env);
+	tr__free(c->redis.prefix);
 	tr__free(c->node.name);
 	tr__free(c->node.http);
 	for (size_t i = 0; i < c->nfiles; i++)
 		tr__free(c->files[i]);
 	tr__free(c->files);
 	tr__free(c);
+}
+
+int tr_redis_url_parse(const char *url, char *host, size_t hostlen, int *port, int *db)
+{
+	const char *h, *he, *p;
+	char *end;
+	long v;
+	unsigned char tmp[16];
+
+	if (strncmp(url, "redis://", 8) != 0)
+		return TR_EINVAL;
+	h = url + 8;
+	if (*h == '[') {
+		he = strchr(++h, ']');
+		if (he == NULL || he[1] != ':')
+			return TR_EINVAL;
+		p = he + 2;
+	} else {
+		he = strchr(h, ':');
+		if (he == NULL)
+			return TR_EINVAL;
+		p = he + 1;
+	}
+	if ((size_t)(he - h) + 1 > hostlen || he == h)
+		return TR_EINVAL;
+	memcpy(host, h, (size_t)(he - h));
+	host[he - h] = '\0';
+	/* numeric only: a name would mean a blocking lookup on the loop */
+	if (inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1)
+		return TR_EINVAL;
+	v = strtol(p, &end, 10);
+	if (end == p || v < 1 || v > 65535)
+		return TR_EINVAL;
+	*port = (int)v;
+	*db = 0;
+	if (*end == '/') {
+		p = end + 1;
+		v = strtol(p, &end, 10);
+		if (end == p || v < 0 || v > 1000000)
+			return TR_EINVAL;
+		*db = (int)v;
+	}
+	return *end == '\0' ? TR_OK : TR_EINVAL;
 }
 
 const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name)

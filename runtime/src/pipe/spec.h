@@ -201,9 +201,9 @@ typedef struct tr_tenant_spec {
  * tool "book" { args = { date = "string", slot = "int", note = "string?" },
  *               handler = function(args, ctx) ... end, timeout = "500ms",
  *               description = "..." }
- * Run by the execute kind (actors/execute/). `sql = "..."` is kept for
- * SQL tools (the postgres backend, later); today the loader refuses a
- * tool without a handler.
+ * Run by the execute kind (actors/execute/). With `sql = "..."` instead
+ * of a handler the tool is one parameterized query on the node's
+ * postgres pool (its args fill $1, $2, ... in `params` order).
  */
 typedef enum tr_arg_type {
 	TR_ARG_STRING = 1,
@@ -230,8 +230,36 @@ typedef struct tr_tool_spec {
 	int handler_fn;         /* function number (tr_config.nfns); -1 = none */
 	uint64_t timeout_us;    /* 0 = not set */
 	char *description;      /* NULL = none */
-	char *sql;              /* NULL = none (SQL tools: later) */
+	char *sql;              /* NULL = none: a handler tool */
+	/* SQL tools: the args that fill $1, $2, ... in order (owned; names
+	 * of args). Given as params = {...}; a tool with one arg may leave it
+	 * out. */
+	char **params;
+	size_t nparams;
 } tr_tool_spec;
+
+/* postgres { conninfo = "...", pool = 10, ... }: the node's pool (db/pg.h). */
+typedef struct tr_postgres_spec {
+	bool on;                /* declared */
+	tr_srcpos pos;
+	char *conninfo;         /* libpq conninfo, or NULL with conninfo_env */
+	char *conninfo_env;     /* environment variable holding it (read at start) */
+	uint32_t pool;          /* 0 = 10 */
+	uint32_t queue;         /* 0 = 1000 */
+	uint64_t connect_timeout_us, max_lifetime_us, idle_timeout_us, statement_timeout_us;
+	bool pgbouncer;
+} tr_postgres_spec;
+
+/* redis { url = "redis://127.0.0.1:6379/0", ... }: the node's client (db/redis.h). */
+typedef struct tr_redis_spec {
+	bool on;
+	tr_srcpos pos;
+	char *url;              /* or NULL with url_env */
+	char *url_env;
+	char *prefix;           /* namespace of every key troupe writes; default "troupe:" */
+	uint64_t timeout_us, connect_timeout_us;
+	uint32_t max_pending;
+} tr_redis_spec;
 
 typedef struct tr_config {
 	char **files;           /* the files loaded, in order (owned) */
@@ -247,6 +275,8 @@ typedef struct tr_config {
 	size_t ntenants;
 	tr_tool_spec *tools;        /* in declaration order; their own namespace */
 	size_t ntools;
+	tr_postgres_spec postgres;  /* .on = false: none */
+	tr_redis_spec redis;
 	/* Lua functions found in the files (receive, when, handler), numbered in the
 	 * order the files create them. Running the same files in a fresh
 	 * sandbox (tr_lua_state_new) recreates them with the same numbers:
@@ -255,6 +285,10 @@ typedef struct tr_config {
 } tr_config;
 
 void tr_config_free(tr_config *c);
+
+/* "redis://<numeric ip>:<port>[/<db>]" (IPv6 in brackets): TR_OK with
+ * host (NUL-terminated), port and db (0 when absent), else TR_EINVAL. */
+int tr_redis_url_parse(const char *url, char *host, size_t hostlen, int *port, int *db);
 
 /* Lookups by name; NULL when absent. */
 const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name);
