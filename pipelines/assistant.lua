@@ -6,6 +6,11 @@
 
 node { name = "assistant-1", http = "127.0.0.1:8080" }   -- threads: one per core
 
+-- Real backends: pipelines/assistant-postgres.lua, given before this
+-- file, sets ASSISTANT to move retrieval to PostgreSQL and to share the
+-- retrieval cache through Redis. Without it: the embedded defaults.
+local backends = rawget(_ENV, "ASSISTANT") or {}
+
 -- What the user wants. Rules first (a booking is an action whatever the
 -- wording around it), then the classifier trained on built-in examples.
 actor "intent" { kind = "intent", mailbox = 512, overflow = "block",
@@ -20,8 +25,8 @@ actor "intent" { kind = "intent", mailbox = 512, overflow = "block",
   } }
 
 -- Retrieval over the docs shipped in the repo (rebuilt when they change).
-actor "rag" { kind = "rag", mailbox = 512, overflow = "block", instances = 4,
-              dir = "docs", top_k = 4, min_score = 0.2 }
+actor "rag" (backends.rag or { kind = "rag", mailbox = 512, overflow = "block", instances = 4,
+                               dir = "docs", top_k = 4, min_score = 0.2 })
 
 -- Extractive answers (no model needed); the backup answers shorter.
 actor "generate" { kind = "generate", mailbox = 128, overflow = "reject",
@@ -102,7 +107,8 @@ pipeline "assistant" {
     chitchat = { step "smalltalk" { timeout = "20ms" } },
     default  = {
       step "rag" { timeout = "300ms", retries = 2, when = function(msg) return not msg.blocked end,
-                   cache = { ttl = "5m", key = { "text" }, capacity = 50000 } },
+                   cache = { ttl = "5m", key = { "text" }, capacity = 50000,
+                             store = backends.cache_store } },
       step "generate" { timeout = "15s", first_byte_timeout = "2s", retries = 1,
                         coalesce = true, fallback = "generate_backup",
                         when = function(msg) return not msg.blocked end },

@@ -4,6 +4,8 @@
  *   troupe run [--threads N] [--log-level L] [--pid-file F] [FILE...]
  *   troupe check FILE...
  *   troupe reload (--pid PID | --pid-file F)
+ *   troupe db migrate [--conninfo S] [FILE...]      (cli_db.c)
+ *   troupe ingest DIR [--tenant T] [--conninfo S]   (cli_db.c)
  *   troupe version
  *   troupe help | --help
  *
@@ -31,10 +33,14 @@
 
 #include "actors/kit.h"
 #include "actors/telemetry/telemetry.h"
+#include "cli.h"
+#include "db/pg.h"
+#include "db/redis.h"
 #include "http/door.h"
 #include "lua/tlua.h"
 #include "msg/msg_int.h"
 #include "pipe/live.h"
+#include "pipe/spec.h"
 
 static void usage(FILE *f)
 {
@@ -46,6 +52,10 @@ static void usage(FILE *f)
 	      "  check FILE...                  validate pipeline files without starting anything\n"
 	      "  reload (--pid PID | --pid-file F)\n"
 	      "                                 ask a running node to reload its files (SIGHUP)\n"
+	      "  db migrate [--conninfo S] [FILE...]\n"
+	      "                                 apply the SQL migrations (PostgreSQL backends)\n"
+	      "  ingest DIR [--tenant T] [--conninfo S] [FILE...]\n"
+	      "                                 load a folder for rag's postgres backend\n"
 	      "  version                        print the version\n"
 	      "  help                           this text\n"
 	      "\n"
@@ -185,6 +195,80 @@ static void run_help(FILE *f)
 	      f);
 }
 
+/*
+ * The node's backends, before any actor that asks them is deployed: the
+ * PostgreSQL pool and the Redis client are actors registered by name
+ * ("postgres", "redis"), pinned on the last worker (the doors take every
+ * worker; the last one is as good as any). Their settings are read once:
+ * a reload that changes them needs a restart (logged by cmd_run).
+ * 0, or 1 with the reason logged.
+ */
+static int start_backends(tr_node *node, const tr_config *c, tr_pg **pg, tr_redis **rd)
+{
+	unsigned w = tr_node_threads(node) - 1;
+	char err[256];
+	if (c->postgres.on) {
+		const tr_postgres_spec *p = &c->postgres;
+		const char *ci = p->conninfo ? p->conninfo : getenv(p->conninfo_env);
+		if (ci == NULL || *ci == '\0') {
+			log_json(LOG_ERROR, "postgres: conninfo_env names an unset variable", "variable",
+			         p->conninfo_env, (const char *)NULL);
+			return 1;
+		}
+		tr_pg_opts o = {ci, p->pool, p->queue, p->connect_timeout_us, p->max_lifetime_us,
+		                p->idle_timeout_us, p->statement_timeout_us, p->pgbouncer};
+		if (tr_pg_start(node, w, &o, pg, err, sizeof(err)) != TR_OK) {
+			log_json(LOG_ERROR, "cannot start the postgres pool", "error", err, (const char *)NULL);
+			return 1;
+		}
+		log_json(LOG_INFO, "postgres pool started", "#pool",
+		         (unsigned long long)(p->pool ? p->pool : 10), (const char *)NULL);
+	}
+	if (c->redis.on) {
+		const tr_redis_spec *r = &c->redis;
+		const char *url = r->url ? r->url : getenv(r->url_env);
+		char host[64];
+		int port, db;
+		if (url == NULL || tr_redis_url_parse(url, host, sizeof(host), &port, &db) != TR_OK) {
+			log_json(LOG_ERROR, "redis: expected url redis://<numeric ip>:<port>[/<db>]", "url",
+			         url ? url : "", "variable", r->url_env ? r->url_env : "", (const char *)NULL);
+			return 1;
+		}
+		tr_redis_opts o = {host, port, db, r->timeout_us, r->connect_timeout_us, r->max_pending};
+		if (tr_redis_start(node, w, &o, rd, err, sizeof(err)) != TR_OK) {
+			log_json(LOG_ERROR, "cannot start the redis client", "error", err, (const char *)NULL);
+			return 1;
+		}
+		log_json(LOG_INFO, "redis client started", "url", url, (const char *)NULL);
+	}
+	return 0;
+}
+
+static int same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* A reload keeps the backends started with the node: say so when the
+ * files now ask for other ones. */
+static void backends_changed(const tr_config *was, const tr_config *now)
+{
+	const tr_postgres_spec *a = &was->postgres, *b = &now->postgres;
+	const tr_redis_spec *x = &was->redis, *y = &now->redis;
+	if (a->on != b->on || !same_str(a->conninfo, b->conninfo) ||
+	    !same_str(a->conninfo_env, b->conninfo_env) || a->pool != b->pool || a->queue != b->queue ||
+	    a->connect_timeout_us != b->connect_timeout_us || a->max_lifetime_us != b->max_lifetime_us ||
+	    a->idle_timeout_us != b->idle_timeout_us ||
+	    a->statement_timeout_us != b->statement_timeout_us || a->pgbouncer != b->pgbouncer)
+		log_json(LOG_WARN, "postgres { } changed: it takes effect at the next restart",
+		         (const char *)NULL);
+	if (x->on != y->on || !same_str(x->url, y->url) || !same_str(x->url_env, y->url_env) ||
+	    x->timeout_us != y->timeout_us || x->connect_timeout_us != y->connect_timeout_us ||
+	    x->max_pending != y->max_pending)
+		log_json(LOG_WARN, "redis { } changed: it takes effect at the next restart",
+		         (const char *)NULL);
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	tr_node_opts o;
@@ -196,6 +280,8 @@ static int cmd_run(int argc, char **argv)
 	tr_config *cfg = NULL;
 	tr_node *node = NULL;
 	tr_live *live = NULL;
+	tr_pg *pg = NULL;
+	tr_redis *rd = NULL;
 	tr_diag d;
 	int rc, code = 1;
 
@@ -286,6 +372,11 @@ static int cmd_run(int argc, char **argv)
 		}
 		goto out;
 	}
+	if (start_backends(node, cfg, &pg, &rd) != 0) {
+		tr_node_shutdown(node, 1);
+		tr_node_wait(node);
+		goto out;
+	}
 	rc = tr_live_load(live, files, nfiles, &d);
 	if (rc != TR_OK) {
 		log_diag(LOG_ERROR, "cannot deploy the pipeline files", &d);
@@ -297,8 +388,10 @@ static int cmd_run(int argc, char **argv)
 	if (dopts.listen != NULL) {
 		char err[256];
 		rc = tr_door_start(node, &dopts, &door, err, sizeof(err));
-		if (rc == TR_OK)
+		if (rc == TR_OK) {
+			tr_door_set_backends(door, pg, rd);
 			rc = tr_door_set_config(door, tr_live_config(live), tr_live_gen(live));
+		}
 		else
 			log_json(LOG_ERROR, "cannot start the HTTP door", "error", err, (const char *)NULL);
 		if (rc != TR_OK) {
@@ -346,6 +439,7 @@ static int cmd_run(int argc, char **argv)
 			if (rc == TR_OK) {
 				log_json(LOG_INFO, "reloaded", "#generation",
 				         (unsigned long long)tr_live_gen(live), (const char *)NULL);
+				backends_changed(cfg, tr_live_config(live));
 			} else {
 				log_diag(LOG_ERROR, "reload rejected", &d);
 				log_json(LOG_WARN, "still serving the previous version", "#generation",
@@ -376,6 +470,8 @@ out:
 	tr_door_free(door);
 	tr_live_free(live);
 	tr_node_free(node);
+	tr_pg_free(pg);
+	tr_redis_free(rd);
 	tr_config_free(cfg);
 	tr_diag_free(&d);
 	free(files);
@@ -494,6 +590,10 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "reload") == 0)
 		return cmd_reload(argc - 2, argv + 2);
+	if (strcmp(cmd, "db") == 0)
+		return tr__cmd_db(argc - 2, argv + 2);
+	if (strcmp(cmd, "ingest") == 0)
+		return tr__cmd_ingest(argc - 2, argv + 2);
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
 		printf("troupe %s\n", TROUPE_VERSION);
 		return 0;

@@ -182,9 +182,9 @@ TT_TEST(troupe_check_reports)
 	int st = pclose(p);
 	unlink(path);
 	snprintf(want, sizeof(want),
-	         "%s:4: tool 's': sql: SQL tools need the postgres backend, which this build does not "
-	         "have yet; give handler = function(args, ctx) ... end instead\n"
-	         "%s:3: actor 'x': tools: 't' is listed twice\n", path, path);
+	         "%s:3: actor 'x': tools: 't' is listed twice\n"
+	         "%s:4: tool 's': sql: SQL tools run on the node's PostgreSQL pool; declare "
+	         "postgres { conninfo = \"...\" }\n", path, path);
 	if (strcmp(out, want) != 0)
 		TT_FAIL_("got: %s\nwant: %s", out, want);
 	TT_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 1);

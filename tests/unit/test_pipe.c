@@ -862,7 +862,7 @@ TT_TEST(cache_hits_and_ttl)
 	reset();
 	static char *keys[] = {"text"};
 	tr_step steps[] = {call("a", 1000, 0)};
-	steps[0].u.call.cache = (tr_cache_spec){true, 150000, keys, 1, 100};
+	steps[0].u.call.cache = (tr_cache_spec){true, 150000, keys, 1, 100, TR_CACHE_MEMORY};
 	pspec.steps = list(steps, 1);
 	spawn_def d[] = {{"a", &echo_ops, 0, 0}};
 	tr_ref c;

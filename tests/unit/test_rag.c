@@ -939,10 +939,9 @@ TT_TEST(settings_errors)
 		{"zzzzzz", "\x03", 1,
 		 "actor 'docs': unknown setting 'zzzzzz' (this kind takes dir, chunk, overlap, top_k, "
 		 "min_score, k1, b, extensions, watch, backend)"},
-		{"backend", "\xa8" "postgres", 9,
-		 "actor 'docs': backend: 'postgres' is not available (this build has: bm25)"},
+		{"backend", "\xa8" "postgres", 9, "ok"}, /* a hand-made spec: no config to look at */
 		{"backend", "\xa7" "elastic", 8,
-		 "actor 'docs': backend: 'elastic' is not available (this build has: bm25)"},
+		 "actor 'docs': backend: 'elastic' is not available (backends: bm25, postgres)"},
 		{"backend", "\xa4" "bm25", 5, "ok"},
 		{"dir", "\xa0", 1,
 		 "actor 'docs': dir: must not be empty (a folder, relative to the node's directory)"},
@@ -972,6 +971,35 @@ TT_TEST(settings_errors)
 			fprintf(stderr, "  %s: got \"%s\"\n  want \"%s\"\n", cases[i].key, err,
 			        cases[i].want);
 			TT_ASSERT(0);
+		}
+	}
+	/* backend = "postgres": the embedded index's settings are refused,
+	 * top_k and min_score are its own too */
+	{
+		static const struct {
+			const char *mp;
+			size_t n; /* 0: strlen (no NUL in these) */
+			const char *want;
+		} pg[] = {
+			{"\x82\xa7" "backend" "\xa8" "postgres" "\xa3" "dir" "\xa4" "docs", 0,
+			 "actor 'docs': dir: only with backend \"bm25\" (the postgres backend reads the "
+			 "chunks `troupe ingest` stored in troupe_chunks)"},
+			{"\x82\xa7" "backend" "\xa8" "postgres" "\xa5" "watch" "\xc2", 0,
+			 "actor 'docs': watch: only with backend \"bm25\" (the postgres backend reads the "
+			 "chunks `troupe ingest` stored in troupe_chunks)"},
+			{"\x83\xa7" "backend" "\xa8" "postgres" "\xa5" "top_k" "\x08" "\xa9" "min_score"
+			 "\x01", 0, "ok"},
+		};
+		for (size_t i = 0; i < sizeof(pg) / sizeof(pg[0]); i++) {
+			tr_actor_spec p;
+			memset(&p, 0, sizeof(p));
+			p.name = "docs";
+			p.kind = "rag";
+			p.config = (unsigned char *)pg[i].mp;
+			p.config_len = pg[i].n ? pg[i].n : strlen(pg[i].mp);
+			if (tr_rag_check(&p, err, sizeof(err)) == TR_OK)
+				snprintf(err, sizeof(err), "ok");
+			TT_STREQ(err, pg[i].want);
 		}
 	}
 	/* no settings at all: the defaults are valid */
@@ -1008,7 +1036,8 @@ TT_TEST(loader_reports_file_and_line)
 	snprintf(want1, sizeof(want1), "%s:2: actor 'bad': top_k: must be between 1 and 100, got 0",
 	         path);
 	snprintf(want2, sizeof(want2),
-	         "%s:4: actor 'pg': backend: 'postgres' is not available (this build has: bm25)",
+	         "%s:4: actor 'pg': backend \"postgres\" queries the node's PostgreSQL pool; "
+	         "declare postgres { conninfo = \"...\" }",
 	         path);
 	TT_EQ(d.n, 2);
 	TT_STREQ(d.msgs[0], want1);

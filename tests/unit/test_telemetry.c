@@ -102,13 +102,15 @@ TT_TEST(settings_errors)
 	TT_OK(check("{\"file\": \"/tmp/x.log\"}", 1)); /* sink defaults to file */
 	TT_OK(check("{\"sink\": \"stdout\"}", 3));
 	BAD("{\"sink\": \"stdot\"}", "actor 'tel': sink: unknown sink 'stdot' (did you mean 'stdout'?)");
-	BAD("{\"sink\": \"kafka\"}", "actor 'tel': sink: unknown sink 'kafka' (sinks: ring, file, stdout)");
-	BAD("{\"sink\": 1}", "actor 'tel': sink: expected \"ring\", \"file\" or \"stdout\" (or a list of "
-	                     "them), got integer");
+	BAD("{\"sink\": \"kafka\"}", "actor 'tel': sink: unknown sink 'kafka' (sinks: ring, file, "
+	                        "stdout, postgres, redis)");
+	BAD("{\"sink\": 1}", "actor 'tel': sink: expected \"ring\", \"file\", \"stdout\", \"postgres\" or "
+	                     "\"redis\" (or a list of them), got integer");
 	BAD("{\"sink\": [\"ring\", \"ring\"]}", "actor 'tel': sink: \"ring\" is listed twice");
-	BAD("{\"sink\": []}", "actor 'tel': sink: the list is empty (sinks: ring, file, stdout)");
-	BAD("{\"sink\": [\"ring\", {}]}", "actor 'tel': sink: expected \"ring\", \"file\" or \"stdout\" "
-	                                  "(or a list of them), got table");
+	BAD("{\"sink\": []}", "actor 'tel': sink: the list is empty (sinks: ring, file, stdout, "
+	                     "postgres, redis)");
+	BAD("{\"sink\": [\"ring\", {}]}", "actor 'tel': sink: expected \"ring\", \"file\", \"stdout\", "
+	                                  "\"postgres\" or \"redis\" (or a list of them), got table");
 	BAD("{\"sink\": \"file\"}", "actor 'tel': sink \"file\" needs file = \"path\"");
 	BAD("{\"sink\": \"ring\", \"file\": \"/tmp/x\"}",
 	    "actor 'tel': file: set, but sink has no \"file\" (add it to sink)");
@@ -134,8 +136,49 @@ TT_TEST(settings_errors)
 	BAD("{\"max_line\": \"2MiB\"}", "actor 'tel': max_line: must be between 256B and 1MiB");
 	BAD("{\"sinks\": \"ring\"}", "actor 'tel': unknown setting 'sinks' (did you mean 'sink'?)");
 	BAD("{\"path\": \"/tmp/x\"}", "actor 'tel': unknown setting 'path' (this kind takes sink, file, "
-	                              "max_bytes, keep, ring, flush_ms, buffer, max_line)");
+	                              "max_bytes, keep, ring, flush_ms, buffer, max_line, backlog, "
+	                              "db_batch, db_timeout_ms, redis_key, redis_maxlen)");
 	TT_OK(check("{\"file\": \"/tmp/x\"}", 2)); /* instances share the file's writer */
+	/* the database sinks */
+	TT_OK(check("{\"sink\": [\"postgres\", \"redis\", \"ring\"], \"backlog\": 5, "
+	            "\"db_batch\": 2, \"db_timeout_ms\": 100, \"redis_key\": \"k\", "
+	            "\"redis_maxlen\": 0}", 2));
+	BAD("{\"sink\": \"redsi\"}", "actor 'tel': sink: unknown sink 'redsi' (did you mean 'redis'?)");
+	BAD("{\"backlog\": 5}", "actor 'tel': backlog: only with sink \"postgres\" or \"redis\"");
+	BAD("{\"sink\": \"file\", \"file\": \"/tmp/x\", \"db_batch\": 5}",
+	    "actor 'tel': db_batch: only with sink \"postgres\" or \"redis\"");
+	BAD("{\"sink\": \"postgres\", \"redis_key\": \"k\"}",
+	    "actor 'tel': redis_key: only with sink \"redis\"");
+	BAD("{\"sink\": \"postgres\", \"redis_maxlen\": 5}",
+	    "actor 'tel': redis_maxlen: only with sink \"redis\"");
+	BAD("{\"sink\": \"redis\", \"redis_key\": \"\"}",
+	    "actor 'tel': redis_key: expected a key of 1 to 512 bytes");
+	BAD("{\"sink\": \"redis\", \"redis_key\": 5}",
+	    "actor 'tel': redis_key: expected a string, got integer");
+	BAD("{\"sink\": \"postgres\", \"backlog\": 0}",
+	    "actor 'tel': backlog: must be between 1 and 1000000, got 0");
+	BAD("{\"sink\": \"redis\", \"db_batch\": 1001}",
+	    "actor 'tel': db_batch: must be between 1 and 1000, got 1001");
+	BAD("{\"sink\": \"redis\", \"db_timeout_ms\": 5}",
+	    "actor 'tel': db_timeout_ms: must be between 10 and 600000, got 5");
+	BAD("{\"sink\": \"redis\", \"redis_maxlen\": -1}",
+	    "actor 'tel': redis_maxlen: must be between 0 and 10000000000, got -1");
+	/* with the config it came from: the backend must be declared */
+	{
+		static tr_config cfg; /* neither postgres { } nor redis { } */
+		tr_actor_spec *a = spec_of(15, "tel", "{\"sink\": [\"ring\", \"postgres\"]}", 1);
+		a->cfg = &cfg;
+		TT_RC(tr_telemetry_check(a, err, sizeof(err)), TR_EINVAL);
+		TT_STREQ(err, "actor 'tel': sink \"postgres\" writes to the node's PostgreSQL pool; "
+		              "declare postgres { conninfo = \"...\" }");
+		a = spec_of(15, "tel", "{\"sink\": \"redis\"}", 1);
+		a->cfg = &cfg;
+		TT_RC(tr_telemetry_check(a, err, sizeof(err)), TR_EINVAL);
+		TT_STREQ(err, "actor 'tel': sink \"redis\" writes to the node's Redis; declare redis { "
+		              "url = \"redis://...\" }");
+		cfg.postgres.on = cfg.redis.on = true;
+		TT_OK(tr_telemetry_check(a, err, sizeof(err)));
+	}
 }
 
 TT_TEST(troupe_check_reports)

@@ -9,9 +9,12 @@
  */
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "db/pg.h"
+#include "db/redis.h"
 #include "http/door_int.h"
 #include "http/json.h"
 #include "msg/msg_int.h"
@@ -145,6 +148,7 @@ int tr__door_conf_new(const tr_config *cfg, unsigned gen, const door_conf *prev,
 		return TR_ENOMEM;
 	atomic_init(&c->refs, 1);
 	c->gen = gen;
+	snprintf(c->rprefix, sizeof(c->rprefix), "%s", cfg->redis.prefix ? cfg->redis.prefix : "troupe:");
 	if (tr_auth_new(cfg, prev ? prev->auth : NULL, &c->auth) != TR_OK)
 		goto oom;
 	for (size_t i = 0; i < cfg->nactors; i++)
@@ -222,10 +226,27 @@ void tr__api_ready(tr_door *d, door_resp *r)
 			json_array_append_new(reasons, json_string(msg));
 		}
 	}
+	json_t *degraded = json_array();
+	char why[256], msg[400];
+	if (d->pg != NULL && !atomic_load_explicit(&tr_pg_stats_of(d->pg)->up, memory_order_relaxed)) {
+		/* Steps that need the database cannot work: not ready. */
+		tr_pg_last_error(d->pg, why, sizeof(why));
+		snprintf(msg, sizeof(msg), "postgres is unreachable%s%s", why[0] ? ": " : "", why);
+		json_array_append_new(reasons, json_string(msg));
+	}
+	if (d->redis != NULL &&
+	    !atomic_load_explicit(&tr_redis_stats_of(d->redis)->up, memory_order_relaxed)) {
+		/* Everything Redis does has an in-process fallback: still ready. */
+		tr_redis_last_error(d->redis, why, sizeof(why));
+		snprintf(msg, sizeof(msg), "redis is unreachable%s%s%s: caches, rate limits and "
+		         "coalescing are in-process until it is back", why[0] ? " (" : "", why,
+		         why[0] ? ")" : "");
+		json_array_append_new(degraded, json_string(msg));
+	}
 	int ok = json_array_size(reasons) == 0;
 	tr__door_json(r, ok ? 200 : 503,
-	              json_pack("{s:b,s:i,s:o}", "ready", ok, "generation", c ? (int)c->gen : 0,
-	                        "reasons", reasons));
+	              json_pack("{s:b,s:i,s:o,s:o}", "ready", ok, "generation", c ? (int)c->gen : 0,
+	                        "reasons", reasons, "degraded", degraded));
 	tr__door_conf_put(c);
 }
 
@@ -424,6 +445,86 @@ static int metric_actor(void *ud, unsigned depth, const tr_actor_stats *s, int i
 	return 0;
 }
 
+/* The node's PostgreSQL pool and Redis client, when configured. */
+static void backend_metrics(tr_door *d, tr_buf *b)
+{
+#define LD(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
+	if (d->pg != NULL) {
+		const tr_pg_stats *s = tr_pg_stats_of(d->pg);
+		static const double le[] = {0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01,
+		                            0.025,  0.05,   0.1,   0.25,  1.0};
+		unsigned long long cum = 0;
+		tr__door_printf(b, "# HELP troupe_postgres_up Whether a pool connection works now.\n"
+		                   "# TYPE troupe_postgres_up gauge\ntroupe_postgres_up %d\n",
+		                atomic_load_explicit(&s->up, memory_order_relaxed) ? 1 : 0);
+		tr__door_printf(b, "# HELP troupe_postgres_connections Pool connections, by state.\n"
+		                   "# TYPE troupe_postgres_connections gauge\n"
+		                   "troupe_postgres_connections{state=\"open\"} %llu\n"
+		                   "troupe_postgres_connections{state=\"idle\"} %llu\n"
+		                   "troupe_postgres_connections{state=\"busy\"} %llu\n",
+		                LD(s->open), LD(s->idle), LD(s->busy));
+		tr__door_printf(b, "# HELP troupe_postgres_queued Requests waiting for a connection.\n"
+		                   "# TYPE troupe_postgres_queued gauge\ntroupe_postgres_queued %llu\n",
+		                LD(s->queued));
+		static const struct {
+			const char *name, *help;
+			size_t off;
+		} cs[] = {
+#define C(f, h) {"troupe_postgres_" #f "_total", h, offsetof(tr_pg_stats, f)}
+			C(queries, "Queries answered."), C(errors, "Queries answered with an error."),
+			C(timeouts, "Queries that timed out (statement_timeout or deadline)."),
+			C(rejected, "Requests refused: the wait queue was full."),
+			C(connects, "Connections opened."), C(connect_failures, "Connection attempts that failed."),
+			C(disconnects, "Connections lost or closed as dead."),
+			C(prepings, "Health checks of idle connections before reuse."),
+			C(recycled, "Connections closed after max_lifetime."),
+#undef C
+		};
+		for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++)
+			tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
+			                cs[i].name, cs[i].name,
+			                LD(*(const atomic_uint_fast64_t *)((const char *)s + cs[i].off)));
+		tr__door_printf(b, "# HELP troupe_postgres_wait_seconds Time from a request to its connection.\n"
+		                   "# TYPE troupe_postgres_wait_seconds histogram\n");
+		for (int i = 0; i < 12; i++) {
+			cum += LD(s->wait_hist[i]);
+			if (i < 11)
+				tr__door_printf(b, "troupe_postgres_wait_seconds_bucket{le=\"%g\"} %llu\n", le[i], cum);
+			else
+				tr__door_printf(b, "troupe_postgres_wait_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+		}
+		tr__door_printf(b, "troupe_postgres_wait_seconds_sum %.6f\ntroupe_postgres_wait_seconds_count %llu\n",
+		                (double)LD(s->wait_us_sum) / 1e6, cum);
+	}
+	if (d->redis != NULL) {
+		const tr_redis_stats *s = tr_redis_stats_of(d->redis);
+		tr__door_printf(b, "# HELP troupe_redis_up Whether the Redis connection is up.\n"
+		                   "# TYPE troupe_redis_up gauge\ntroupe_redis_up %d\n",
+		                atomic_load_explicit(&s->up, memory_order_relaxed) ? 1 : 0);
+		tr__door_printf(b, "# HELP troupe_redis_pending Commands waiting for their reply.\n"
+		                   "# TYPE troupe_redis_pending gauge\ntroupe_redis_pending %llu\n",
+		                LD(s->pending));
+		static const struct {
+			const char *name, *help;
+			size_t off;
+		} cs[] = {
+#define C(f, h) {"troupe_redis_" #f "_total", h, offsetof(tr_redis_stats, f)}
+			C(commands, "Commands answered."), C(errors, "Error replies from the server."),
+			C(timeouts, "Commands that timed out."),
+			C(rejected, "Commands refused: max_pending in flight."),
+			C(unavailable, "Commands refused at once: not connected (the fallbacks answered)."),
+			C(connects, "Connections made."), C(connect_failures, "Connection attempts that failed."),
+			C(disconnects, "Connections lost."), C(script_loads, "SCRIPT LOADs (first use, NOSCRIPT)."),
+#undef C
+		};
+		for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++)
+			tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
+			                cs[i].name, cs[i].name,
+			                LD(*(const atomic_uint_fast64_t *)((const char *)s + cs[i].off)));
+	}
+#undef LD
+}
+
 void tr__api_metrics(tr_door *d, door_resp *r)
 {
 	tr_buf *b = &r->body;
@@ -558,6 +659,7 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	tr__door_printf(b, "# HELP troupe_http_inflight Pipeline calls in flight from HTTP.\n"
 	       "# TYPE troupe_http_inflight gauge\ntroupe_http_inflight %llu\n",
 	    (unsigned long long)tr_door_inflight(d));
+	backend_metrics(d, b);
 	if (ext_metrics != NULL)
 		(void)ext_metrics(d->node, b);
 	tr__door_conf_put(c);

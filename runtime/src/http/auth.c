@@ -146,6 +146,15 @@ const char *tr_auth_tenant(const tr_auth *a, int t)
 	return a != NULL && t >= 0 && (size_t)t < a->nt ? a->t[t].name : NULL;
 }
 
+void tr_auth_rate(const tr_auth *a, int t, double *rate, double *burst)
+{
+	*rate = *burst = 0;
+	if (a != NULL && t >= 0 && (size_t)t < a->nt) {
+		*rate = a->t[t].rate;
+		*burst = a->t[t].burst;
+	}
+}
+
 int tr_auth_take(tr_auth *a, int t, uint64_t now_ns, uint64_t *retry_after_ms)
 {
 	if (a == NULL || t < 0 || (size_t)t >= a->nt || a->t[t].rate <= 0)

@@ -44,6 +44,9 @@ const char *tr_auth_tenant(const tr_auth *a, int t);
  * token comes. Unlimited tenants always get 1. */
 int tr_auth_take(tr_auth *a, int t, uint64_t now_ns, uint64_t *retry_after_ms);
 
+/* Tenant t's rate (tokens/s, 0 = unlimited) and burst. */
+void tr_auth_rate(const tr_auth *a, int t, double *rate, double *burst);
+
 /* SHA-256 of p[0..n) (exposed for tests and `troupe keyhash`). */
 void tr_sha256(const void *p, size_t n, unsigned char out[32]);
 

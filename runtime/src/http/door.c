@@ -29,6 +29,7 @@
 #include <http_parser.h>
 #include <msgpack.h>
 
+#include "db/redis.h"
 #include "http/door_int.h"
 #include "http/json.h"
 #include "lua/tlua.h"
@@ -82,6 +83,7 @@ typedef struct conn {
 	int route;
 	int tenant;            /* auth table index, or -1 */
 	char tenant_name[64];
+	uint64_t rcorr;        /* the shared rate check in flight (ST_DISPATCHED, corr 0) */
 } conn;
 
 struct dstate {
@@ -91,6 +93,7 @@ struct dstate {
 	uv_tcp_t *listener;     /* heap: freed in its close callback */
 	conn *conns;            /* all open connections */
 	tr__map runs;           /* corr -> conn*: runs in flight */
+	tr__map rates;          /* corr -> conn*: shared rate checks in flight (Redis) */
 	uint8_t draining;
 };
 
@@ -397,6 +400,11 @@ static void conn_close(conn *c)
 		return;
 	if (c->st == ST_DISPATCHED)
 		send_cancel(c);
+	if (c->rcorr != 0 && c->ds != NULL) {
+		/* its verdict will find nobody */
+		tr__map_del(&c->ds->rates, c->rcorr, TR_REF_NONE, NULL);
+		c->rcorr = 0;
+	}
 	c->st = ST_CLOSING;
 	if (c->ds != NULL) {
 		if (c->prev)
@@ -824,18 +832,128 @@ static int build_input(conn *c, door_conf *cf, door_resp *r, tr_buf *mp)
 	return 0;
 }
 
-static void dispatch(conn *c, const char *name, size_t nlen)
+static void dispatch_run(conn *c);
+
+/* 429 with Retry-After for a tenant over its rate. */
+static void rate_limited(conn *c, door_resp *r, uint64_t wait_ms)
+{
+	tr__door_error(r, 429, "rate_limited", "tenant '%s' is over its rate", c->tenant_name);
+	snprintf(r->extra, sizeof(r->extra), "Retry-After: %llu\r\n",
+	         (unsigned long long)((wait_ms + 999) / 1000 ? (wait_ms + 999) / 1000 : 1));
+}
+
+/*
+ * Rate limits shared by the nodes of one Redis (redis { } declared): the
+ * tenant's token bucket lives in Redis, as a hash {tokens, ts} updated by
+ * one script (EVALSHA through the redis actor) on the server's clock, so
+ * that every node takes from the same bucket whatever its own clock says.
+ * While Redis is down (or slow: past the client's timeout) each node
+ * falls back to its in-process bucket, which then allows the whole rate
+ * per node; /ready says "degraded" meanwhile.
+ */
+static const char rate_script[] =
+	"local rate = tonumber(ARGV[1]) local burst = tonumber(ARGV[2]) "
+	"local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+	"local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts') "
+	"local tokens = tonumber(b[1]) or burst local ts = tonumber(b[2]) or now "
+	"if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000) else now = ts end "
+	"local ok, wait = 0, 0 "
+	"if tokens >= 1 then tokens = tokens - 1 ok = 1 "
+	"else wait = math.ceil((1 - tokens) * 1000 / rate) end "
+	"redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now) "
+	"redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000) "
+	"return {ok, wait}";
+
+/* Asks Redis for c's token when it should: 1 if c now waits for the
+ * verdict, 0 to use the in-process bucket. */
+static int shared_rate(conn *c, const door_conf *cf)
 {
 	dstate *ds = c->ds;
 	tr_door *d = ds->d;
+	double rate, burst;
+	tr_ref to;
+	uint64_t corr;
+	if (d->redis == NULL ||
+	    !atomic_load_explicit(&tr_redis_stats_of(d->redis)->up, memory_order_relaxed))
+		return 0;
+	tr_auth_rate(cf->auth, c->tenant, &rate, &burst);
+	if (rate <= 0 || tr_whereis(d->node, TR_REDIS_NAME, &to) != TR_OK)
+		return 0;
+	char key[160], rs[32], bs[32];
+	snprintf(key, sizeof(key), "%srate:%s", cf->rprefix, c->tenant_name);
+	snprintf(rs, sizeof(rs), "%.17g", rate);
+	snprintf(bs, sizeof(bs), "%.17g", burst);
+	tr_buf b;
+	msgpack_packer pk;
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	int bad = msgpack_pack_map(&pk, 3) || tr__mp_pack_cstr(&pk, "script") ||
+	          tr__mp_pack_cstr(&pk, rate_script) || tr__mp_pack_cstr(&pk, "keys") ||
+	          msgpack_pack_array(&pk, 1) || tr__mp_pack_cstr(&pk, key) ||
+	          tr__mp_pack_cstr(&pk, "args") || msgpack_pack_array(&pk, 2) ||
+	          tr__mp_pack_cstr(&pk, rs) || tr__mp_pack_cstr(&pk, bs);
+	tr_msg *m = bad ? NULL : tr_msg_new();
+	if (m == NULL || (m->body = tr_body_new(b.data, b.len)) == NULL) {
+		tr_msg_free(m);
+		tr_buf_free(&b);
+		return 0;
+	}
+	tr_buf_free(&b);
+	m->tag = TR_TAG_REDIS_SCRIPT;
+	/* The client's own timeout bounds the wait; 1 s is only a backstop. */
+	if (tr_ask(&ds->io, to, m, 1000, &corr) != TR_OK)
+		return 0;
+	if (tr__map_put(&ds->rates, corr, TR_REF_NONE, c) != TR_OK)
+		return 0; /* its verdict finds nobody; the local bucket decides */
+	c->rcorr = corr;
+	c->st = ST_DISPATCHED; /* pipelined bytes wait, as for a run (corr 0: nothing to cancel) */
+	return 1;
+}
+
+/* Redis's verdict on c's token: {1, 0} go, {0, wait_ms} 429; an error
+ * (down, timeout) falls back to the in-process bucket. */
+static void on_rate(dstate *ds, conn *c, tr_msg *m)
+{
+	const unsigned char *v;
+	size_t vl, hdr;
+	uint32_t n;
+	uint64_t ok = 0, wait = 0;
+	int decided = 0;
+	c->rcorr = 0;
+	c->st = ST_READ;
+	if (!(m->flags & TR_MSGF_ERROR) && m->body != NULL && tr_body_check(m->body) == TR_OK &&
+	    tr__mp_map_get(m->body->data, m->body->len, "reply", &v, &vl) == TR_OK &&
+	    tr__mp_array_head(v, vl, &n, &hdr) == TR_OK && n == 2) {
+		const unsigned char *a = v + hdr, *b2 = a + tr__mp_size(a);
+		decided = tr__mp_uint(a, tr__mp_size(a), &ok) == TR_OK &&
+		          tr__mp_uint(b2, tr__mp_size(b2), &wait) == TR_OK;
+	}
+	if (!decided) {
+		door_conf *cf = tr__door_conf_get(ds->d);
+		int t = tr_auth_lookup(cf->auth, c->tenant_name, strlen(c->tenant_name));
+		ok = tr_auth_take(cf->auth, t, tr_now_ns(), &wait);
+		tr__door_conf_put(cf);
+	}
+	if (ok) {
+		dispatch_run(c);
+		return;
+	}
 	door_resp r;
-	tr_buf mp;
-	char reg[96];
+	memset(&r, 0, sizeof(r));
+	tr_buf_init(&r.body);
+	rate_limited(c, &r, wait);
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
+}
+
+static void dispatch(conn *c, const char *name, size_t nlen)
+{
+	tr_door *d = c->ds->d;
+	door_resp r;
 	door_conf *cf = tr__door_conf_get(d);
 
 	memset(&r, 0, sizeof(r));
 	tr_buf_init(&r.body);
-	tr_buf_init(&mp);
 	c->route = R_RUN;
 	if (nlen == 0 || nlen >= sizeof(c->pipeline)) {
 		tr__door_error(&r, 404, "not_found", "no pipeline named '%.*s'", (int)nlen, name);
@@ -859,14 +977,42 @@ static void dispatch(conn *c, const char *name, size_t nlen)
 			goto answer;
 		}
 		snprintf(c->tenant_name, sizeof(c->tenant_name), "%s", tr_auth_tenant(cf->auth, c->tenant));
+		if (shared_rate(c, cf)) {
+			/* the verdict comes from Redis (on_rate), then dispatch_run */
+			tr__door_conf_put(cf);
+			tr_buf_free(&r.body);
+			return;
+		}
 		uint64_t wait_ms = 0;
 		if (!tr_auth_take(cf->auth, c->tenant, tr_now_ns(), &wait_ms)) {
-			tr__door_error(&r, 429, "rate_limited", "tenant '%s' is over its rate", c->tenant_name);
-			snprintf(r.extra, sizeof(r.extra), "Retry-After: %llu\r\n",
-			         (unsigned long long)((wait_ms + 999) / 1000 ? (wait_ms + 999) / 1000 : 1));
+			rate_limited(c, &r, wait_ms);
 			goto answer;
 		}
 	}
+	tr__door_conf_put(cf);
+	tr_buf_free(&r.body);
+	dispatch_run(c);
+	return;
+answer:
+	tr__door_conf_put(cf);
+	send_resp(c, &r);
+	tr_buf_free(&r.body);
+}
+
+/* The run of a request that passed auth and rate: find the pipeline,
+ * build the message, ask the engine. */
+static void dispatch_run(conn *c)
+{
+	dstate *ds = c->ds;
+	tr_door *d = ds->d;
+	door_resp r;
+	tr_buf mp;
+	char reg[96];
+	door_conf *cf = tr__door_conf_get(d);
+
+	memset(&r, 0, sizeof(r));
+	tr_buf_init(&r.body);
+	tr_buf_init(&mp);
 	snprintf(reg, sizeof(reg), "pipeline:%s", c->pipeline);
 	if (tr_whereis(d->node, reg, &c->engine) != TR_OK) {
 		tr__door_error(&r, 404, "not_found", "no pipeline named '%s'", c->pipeline);
@@ -1410,7 +1556,10 @@ static int door_receive(tr_ctx *ctx, void *st, tr_msg *m)
 {
 	dstate *ds = st;
 	(void)ctx;
-	if (m->flags & TR_MSGF_REPLY)
+	void *rc_ = NULL;
+	if ((m->flags & TR_MSGF_REPLY) && tr__map_del(&ds->rates, m->corr, TR_REF_NONE, &rc_))
+		on_rate(ds, rc_, m);
+	else if (m->flags & TR_MSGF_REPLY)
 		on_answer(ds, m);
 	else if (m->tag == TR_TAG_RUN_EVENT)
 		on_event(ds, m);
@@ -1438,6 +1587,7 @@ static void door_terminate(tr_ctx *ctx, void *st, int reason)
 		c->ds = NULL;
 	}
 	tr__map_free(&ds->runs);
+	tr__map_free(&ds->rates);
 }
 
 static const tr_actor_ops door_ops = {
@@ -1606,6 +1756,12 @@ door_conf *tr__door_conf_get(tr_door *d)
 		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 	uv_mutex_unlock(&d->conf_mu);
 	return c;
+}
+
+void tr_door_set_backends(tr_door *d, const struct tr_pg *pg, const struct tr_redis *redis)
+{
+	d->pg = pg;
+	d->redis = redis;
 }
 
 void tr_door_drain(tr_door *d)

@@ -50,6 +50,12 @@ int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err
  * what it needs; cfg may be freed afterwards. TR_OK or TR_ENOMEM (the
  * previous configuration stays). */
 int tr_door_set_config(tr_door *d, const tr_config *cfg, unsigned gen);
+/* The node's backends, for /ready (postgres down: not ready; redis down:
+ * ready but "degraded") and /metrics. Either may be NULL. They must
+ * outlive the door. Call before the first request (right after start). */
+struct tr_pg;
+struct tr_redis;
+void tr_door_set_backends(tr_door *d, const struct tr_pg *pg, const struct tr_redis *redis);
 /* Graceful stop, step 1: close the listeners, close idle connections,
  * answer what is in flight with "Connection: close". Asynchronous. */
 void tr_door_drain(tr_door *d);

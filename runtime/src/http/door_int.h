@@ -44,6 +44,7 @@ typedef struct door_conf {
 	char **pipes;        /* owned: pipeline names with generation ("p@3"), for stats */
 	char **pipe_names;   /* owned: the same without it */
 	size_t npipes;
+	char rprefix[64];    /* redis { prefix }: the shared rate buckets' keys */
 } door_conf;
 
 /* A finished run, for /v1/traces. */
@@ -78,6 +79,10 @@ struct tr_door {
 	 * with a relaxed load + store (single writer); readers sum rows. */
 	_Atomic uint64_t (*counts)[R__N][DOOR_NSTATUS];
 	uint64_t started_ns;
+	/* The node's backends (NULL: not configured), for /ready and
+	 * /metrics; set before serving, read-only after. Borrowed. */
+	const struct tr_pg *pg;
+	const struct tr_redis *redis;
 };
 
 door_conf *tr__door_conf_get(tr_door *d);

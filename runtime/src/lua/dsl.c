@@ -2022,7 +2022,8 @@ static void build_backoff(fctx *f, int o, tr_backoff *bo)
 
 static void build_cache(fctx *f, int o, tr_cache_spec *cs)
 {
-	static const char *const keys[] = {"ttl", "key", "capacity"};
+	static const char *const keys[] = {"ttl", "key", "capacity", "store"};
+	static const char *const stores[] = {"memory", "redis"};
 	lua_State *L = f->v->L;
 	vctx *v = f->v;
 	char b[64];
@@ -2039,7 +2040,16 @@ static void build_cache(fctx *f, int o, tr_cache_spec *cs)
 	}
 	cs->on = true;
 	cs->capacity = 10000;
-	check_keys(&fc, t, keys, 3, 0, NULL);
+	check_keys(&fc, t, keys, 4, 0, NULL);
+	char *store = NULL;
+	if (want_str(&fc, t, "store", &store) && store != NULL) {
+		if (strcmp(store, "redis") == 0)
+			cs->store = TR_CACHE_REDIS;
+		else if (strcmp(store, "memory") != 0)
+			diag(v, f->w, "%s: store: expected \"memory\" or \"redis\", got '%s'%s", fc.who,
+			     store, suggest(store, stores, 2) ? " (a typo?)" : "");
+		tr__free(store);
+	}
 	if (!want_dur(&fc, t, "ttl", &cs->ttl_us))
 		diag(v, f->w, "%s: missing ttl (e.g. ttl = \"60s\")", fc.who);
 	want_uint(&fc, t, "capacity", 1, 10000000, &cs->capacity);
@@ -2306,6 +2316,29 @@ static void build_list(vctx *v, int t, tr_step_list *out, fctx *f, int depth)
 		lua_rawgeti(L, t, (lua_Integer)i + 1);
 		build_step(v, lua_gettop(L), &out->v[i], f, i + 1, depth);
 		lua_pop(L, 1);
+	}
+}
+
+/* cache = { store = "redis" } needs a redis { } declaration. */
+static void check_redis_caches(vctx *v, const tr_step_list *l)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		const tr_step *s = &l->v[i];
+		if (s->kind == TR_STEP_CALL && s->u.call.cache.on && s->u.call.cache.store == TR_CACHE_REDIS) {
+			where w = {0, s->pos.line};
+			for (size_t f = 0; f < v->c->nfiles; f++)
+				if (v->c->files[f] == s->pos.file)
+					w.file = (int)f;
+			diag(v, w, "step '%s': cache: store = \"redis\" needs a redis { url = \"...\" } "
+			     "declaration", s->u.call.actor);
+		} else if (s->kind == TR_STEP_ROUTE) {
+			for (size_t b = 0; b < s->u.route.nbranches; b++)
+				check_redis_caches(v, &s->u.route.branches[b].steps);
+			check_redis_caches(v, &s->u.route.dflt);
+		} else if (s->kind == TR_STEP_PARALLEL) {
+			for (size_t b = 0; b < s->u.par.nbranches; b++)
+				check_redis_caches(v, &s->u.par.branches[b]);
+		}
 	}
 }
 
@@ -2615,6 +2648,8 @@ static int validate_k(lua_State *L)
 		}
 		lua_settop(L, decls);
 	}
+	for (size_t i = 0; i < c->npipelines && !c->redis.on; i++)
+		check_redis_caches(v, &c->pipelines[i].steps);
 	if (!v->nomem)
 		check_tree(v);
 	if (c->node.name == NULL && !v->nomem)

@@ -30,15 +30,20 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <mbedtls/sha256.h>
 
 #include "core/alloc.h"
+#include "db/redis.h"
 #include "lua/tlua.h"
 #include "msg/msg_int.h"
 #include "pipe/engine.h"
 #include "pipe/mp.h"
 #include "sched/sched.h" /* tr__map */
 
-enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u, TAG_FIRST_BYTE = 0x203u };
+enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u, TAG_FIRST_BYTE = 0x203u,
+       TAG_SHARED_POLL = 0x204u };
 
 #define MAX_NEST TR_STEP_NEST_MAX /* route/parallel nesting of step lists */
 #define MIN_ATTEMPT_US 1000  /* don't start an attempt with less time left */
@@ -46,6 +51,7 @@ enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u, TAG_FIRST_BYTE = 0x203u }
 typedef enum fstate {
 	F_RUNNING, F_CALLING, F_BACKOFF, F_PARKED, F_JOINING,
 	F_COALESCED, /* waiting for an identical call another fiber leads */
+	F_SHARED,    /* waiting on Redis: the shared cache, the cross-node lock or its result */
 	F_DONE
 } fstate;
 
@@ -91,6 +97,11 @@ struct fiber {
 	uint32_t par_need;      /* successes that complete the join */
 	tr_buf par_merged;      /* merged outputs so far (a map), or empty */
 	uint8_t spawning;       /* still starting branches: don't resume yet */
+	/* shared state in Redis (F_SHARED): what the ask is for, and whether
+	 * this fiber holds the cross-node lock of its call */
+	uint8_t rwhat;
+	uint8_t rlock;
+	char rkey[160];         /* the lock's key while rlock (result key: derived) */
 	/* coalescing (singleflight) */
 	struct flight *flight;  /* the flight this fiber leads or waits on */
 	fiber *next_waiter;
@@ -216,6 +227,8 @@ typedef struct engine {
 	const tr_pipeline_spec *spec;
 	tr_node *node;
 	tr__map calls;          /* corr -> fiber (CALLING) */
+	tr__map rcalls;         /* corr -> fiber (SHARED): asks to the redis actor */
+	uint64_t rtoken;        /* lock tokens: unique per engine, see shared_lock */
 	tr__map timers;         /* timer id -> fiber (BACKOFF, PARKED) */
 	tr__map parked;         /* actor idx -> head fiber of the parked queue */
 	tr__map flights;        /* key hash -> flight (coalesce) */
@@ -241,6 +254,9 @@ typedef struct engine {
 
 static void advance(tr_ctx *ctx, engine *e, fiber *f);
 static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now);
+static void shared_unlock(tr_ctx *ctx, engine *e, fiber *f);
+static void step_succeeded(tr_ctx *ctx, engine *e, fiber *f, int remote);
+static void on_shared_reply(tr_ctx *ctx, engine *e, fiber *f, tr_msg *m);
 
 /* Starts an attempt of f's step (clock reads cost ~30 ns each on the VMs;
  * call_start passes the one it already made). */
@@ -691,7 +707,10 @@ static void unwait(tr_ctx *ctx, engine *e, fiber *f)
 			(void)tr_timer_cancel(ctx, f->timer);
 		}
 	}
-	if ((f->st == F_BACKOFF || f->st == F_PARKED || f->st == F_COALESCED) && f->timer != 0) {
+	if (f->st == F_SHARED && f->corr != 0)
+		tr__map_del(&e->rcalls, f->corr, TR_REF_NONE, &p);
+	if ((f->st == F_BACKOFF || f->st == F_PARKED || f->st == F_COALESCED || f->st == F_SHARED) &&
+	    f->timer != 0) {
 		tr__map_del(&e->timers, f->timer, TR_REF_NONE, &p);
 		(void)tr_timer_cancel(ctx, f->timer);
 	}
@@ -709,6 +728,8 @@ static void unwait(tr_ctx *ctx, engine *e, fiber *f)
 	f->next_parked = NULL;
 	if (f->flight != NULL)
 		flight_leave(ctx, e, f);
+	if (f->rlock)
+		shared_unlock(ctx, e, f);
 }
 
 /* Stops every fiber of the run (or of one parallel parent) from waiting
@@ -893,6 +914,8 @@ static void fiber_end(tr_ctx *ctx, engine *e, fiber *f, int ok, int cls, int err
 
 static void fail(tr_ctx *ctx, engine *e, fiber *f, int cls, int err, const char *message)
 {
+	if (f->rlock)
+		shared_unlock(ctx, e, f); /* the other nodes' waiters run it themselves */
 	if (f->target != NULL) {
 		notify(ctx, e, f, cls == C_TIMEOUT ? "timeout" : "error", cls);
 		step_done(e, f, 0, 0, f->st == F_COALESCED);
@@ -1019,10 +1042,14 @@ static uint64_t fnv64(const void *p, size_t n)
 }
 
 /* Appends a NUL-terminated string and the run's tenant id to a key. */
+/* The tenant by name, not by number: keys shared through Redis must mean
+ * the same on every node, whatever order each node's files list tenants in. */
 static int key_prefix(const fiber *f, const char *actor, tr_buf *k)
 {
-	uint32_t t = f->r->req->tenant;
-	return tr__buf_append(k, actor, strlen(actor) + 1) || tr__buf_append(k, &t, sizeof(t))
+	const char *t = tr_tenant_name(f->r->req->tenant);
+	if (t == NULL)
+		t = "";
+	return tr__buf_append(k, actor, strlen(actor) + 1) || tr__buf_append(k, t, strlen(t) + 1)
 	           ? TR_ENOMEM
 	           : TR_OK;
 }
@@ -1306,7 +1333,249 @@ static void caches_free(engine *e)
 }
 
 /* ------------------------------------------------------------------ */
+/* state shared through Redis                                          */
+
+/*
+ * With redis { } declared, two things span nodes (db/redis.h is the
+ * client; every ask to it gets exactly one answer, TR_EIO at once while
+ * it is disconnected, so a Redis outage costs a step nothing but the
+ * sharing):
+ *  - cache = { store = "redis" }: after a miss in the in-process LRU the
+ *    step's cache key is looked up in Redis (GET, bounded by SHARED_ASK_MS);
+ *    a hit is copied into the LRU; a result is written to both (SET PX ttl).
+ *  - coalesce = true: the local flight's leader also takes a short lock
+ *    (SET NX PX, the step's timeout) on the call's key. The node that
+ *    gets it runs the step and publishes the result (SET result PX
+ *    SHARED_RESULT_MS, then deletes its lock if still its own); the
+ *    others poll (one script: the result, else whether the lock still
+ *    stands) every SHARED_POLL_MS and take the published result as the
+ *    step's, or run the step themselves when the lock is gone without a
+ *    result (its node failed or died: the lock expires) or Redis fails.
+ * Keys: <prefix>cache:<pipeline>:<sha256 of the cache key>, and
+ * <prefix>lock:/<prefix>result:<pipeline>:<sha256 of the call key>; both
+ * keys name the tenant, the actor and the input, never a node's numbers.
+ */
+enum { RW_CACHE = 1, RW_LOCK, RW_POLL, RW_TELL };
+#define SHARED_ASK_MS 50u
+#define SHARED_POLL_MS 5u
+#define SHARED_RESULT_MS 10000u
+
+static const char poll_script[] =
+	"local r = redis.call('GET', KEYS[2]) if r then return {1, r} end "
+	"if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end return {0}";
+static const char publish_script[] =
+	"redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) "
+	"if redis.call('GET', KEYS[1]) == ARGV[3] then redis.call('DEL', KEYS[1]) end return 1";
+static const char unlock_script[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+static int shared_on(const engine *e)
+{
+	return e->cfg != NULL && e->cfg->redis.on;
+}
+
+/* "<prefix><kind>:<pipeline>:<hex sha256 of k>" into out. */
+static void shared_key(const engine *e, const char *kind, const unsigned char *k, size_t n,
+                       char *out, size_t outlen)
+{
+	unsigned char d[32];
+	char hex[65];
+	mbedtls_sha256_ret(k, n, d, 0);
+	for (int i = 0; i < 32; i++) {
+		hex[2 * i] = "0123456789abcdef"[d[i] >> 4];
+		hex[2 * i + 1] = "0123456789abcdef"[d[i] & 15];
+	}
+	hex[64] = '\0';
+	snprintf(out, outlen, "%s%s:%s:%s", e->cfg->redis.prefix ? e->cfg->redis.prefix : "troupe:",
+	         kind, e->spec->name, hex);
+}
+
+/* Packs one redis actor request: {argv = [...]} (script == NULL) or
+ * {script, keys, args}. Each value a str, or bin when bin[i]. */
+typedef struct rv {
+	const void *p;
+	size_t n;
+	int bin;
+} rv;
+
+static tr_body *shared_body(const char *script, const rv *keys, size_t nkeys, const rv *args,
+                            size_t nargs)
+{
+	tr_buf b;
+	msgpack_packer pk;
+	tr_body *out = NULL;
+	int bad;
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	if (script == NULL)
+		bad = msgpack_pack_map(&pk, 1) || tr__mp_pack_cstr(&pk, "argv");
+	else
+		bad = msgpack_pack_map(&pk, 3) || tr__mp_pack_cstr(&pk, "script") ||
+		      tr__mp_pack_cstr(&pk, script) || tr__mp_pack_cstr(&pk, "keys") ||
+		      msgpack_pack_array(&pk, (uint32_t)nkeys);
+	for (size_t i = 0; script != NULL && i < nkeys && !bad; i++)
+		bad = msgpack_pack_str(&pk, keys[i].n) || msgpack_pack_str_body(&pk, keys[i].p, keys[i].n);
+	if (!bad && script != NULL)
+		bad = tr__mp_pack_cstr(&pk, "args");
+	bad = bad || msgpack_pack_array(&pk, (uint32_t)nargs);
+	for (size_t i = 0; i < nargs && !bad; i++)
+		bad = args[i].bin ? msgpack_pack_bin(&pk, args[i].n) ||
+		                        msgpack_pack_bin_body(&pk, args[i].p, args[i].n)
+		                  : msgpack_pack_str(&pk, args[i].n) ||
+		                        msgpack_pack_str_body(&pk, args[i].p, args[i].n);
+	if (!bad)
+		out = tr_body_new(b.data, b.len);
+	tr_buf_free(&b);
+	return out;
+}
+
+/* Asks the redis actor (body taken). With f: f waits in F_SHARED for
+ * the answer (on_shared_reply), else nobody does (its answer finds no
+ * entry and is dropped). TR_OK, or an error (f untouched). */
+static int shared_ask(tr_ctx *ctx, engine *e, fiber *f, int what, uint32_t tag, tr_body *body,
+                      uint64_t ms)
+{
+	tr_ref to;
+	uint64_t corr;
+	tr_msg *m;
+	if (body == NULL)
+		return TR_ENOMEM;
+	if (tr_whereis(e->node, TR_REDIS_NAME, &to) != TR_OK || (m = tr_msg_new()) == NULL) {
+		tr_body_unref(body);
+		return TR_ENOACTOR;
+	}
+	m->tag = tag;
+	m->body = body;
+	if (tr_ask(ctx, to, m, ms ? ms : 1, &corr) != TR_OK)
+		return TR_EREJECTED;
+	if (f == NULL)
+		return TR_OK;
+	if (tr__map_put(&e->rcalls, corr, TR_REF_NONE, f) != TR_OK)
+		return TR_ENOMEM; /* its answer will find nobody: dropped */
+	f->st = F_SHARED;
+	f->corr = corr;
+	f->rwhat = (uint8_t)what;
+	return TR_OK;
+}
+
+/* The step's remaining budget for a Redis wait, in ms (>= 1). */
+static uint64_t shared_ms(const fiber *f, uint64_t cap)
+{
+	uint64_t left = time_left_us(f->r) / 1000u;
+	return left < 1 ? 1 : left < cap ? left : cap;
+}
+
+/* The result of the step as the shared cache has it: a GET. 1 if f now
+ * waits for it. */
+static int shared_cache_get(tr_ctx *ctx, engine *e, fiber *f)
+{
+	char key[160];
+	if (f->ckey.len == 0)
+		return 0;
+	shared_key(e, "cache", f->ckey.data, f->ckey.len, key, sizeof(key));
+	rv a[2] = {{"GET", 3, 0}, {key, strlen(key), 0}};
+	return shared_ask(ctx, e, f, RW_CACHE, TR_TAG_REDIS_CMD, shared_body(NULL, NULL, 0, a, 2),
+	                  shared_ms(f, SHARED_ASK_MS)) == TR_OK;
+}
+
+static void shared_cache_put(tr_ctx *ctx, engine *e, const fiber *f, const tr_step *s,
+                             const tr_buf *ckey)
+{
+	char key[160], px[24];
+	if (ckey->len == 0)
+		return;
+	shared_key(e, "cache", ckey->data, ckey->len, key, sizeof(key));
+	snprintf(px, sizeof(px), "%llu", (unsigned long long)(s->u.call.cache.ttl_us / 1000u + 1));
+	rv a[5] = {{"SET", 3, 0}, {key, strlen(key), 0}, {f->body->data, f->body->len, 1},
+	           {"PX", 2, 0}, {px, strlen(px), 0}};
+	(void)shared_ask(ctx, e, NULL, RW_TELL, TR_TAG_REDIS_CMD, shared_body(NULL, NULL, 0, a, 5),
+	                 SHARED_ASK_MS);
+}
+
+/* The lock token: this engine's address and a counter, unique among
+ * the nodes of one Redis for as long as a lock lives. */
+static void shared_token(engine *e, const fiber *f, char *out, size_t n)
+{
+	snprintf(out, n, "%s:%d:%p:%p", e->cfg->node.name ? e->cfg->node.name : "troupe",
+	         (int)getpid(), (const void *)e, (const void *)f);
+}
+
+/* The leader of a local flight asks for the cross-node lock of its
+ * call. 1 if f now waits for the answer. */
+static int shared_lock(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
+{
+	char tok[128], px[24];
+	if (f->flight == NULL)
+		return 0;
+	shared_key(e, "lock", f->flight->key.data, f->flight->key.len, f->rkey, sizeof(f->rkey));
+	shared_token(e, f, tok, sizeof(tok));
+	uint64_t ms = (s->u.call.timeout_us ? s->u.call.timeout_us : 1000000u) / 1000u;
+	uint64_t left = time_left_us(f->r) / 1000u;
+	snprintf(px, sizeof(px), "%llu", (unsigned long long)((ms < left ? ms : left) + 1));
+	rv a[6] = {{"SET", 3, 0}, {f->rkey, strlen(f->rkey), 0}, {tok, strlen(tok), 0},
+	           {"NX", 2, 0}, {"PX", 2, 0}, {px, strlen(px), 0}};
+	return shared_ask(ctx, e, f, RW_LOCK, TR_TAG_REDIS_CMD, shared_body(NULL, NULL, 0, a, 6),
+	                  shared_ms(f, SHARED_ASK_MS)) == TR_OK;
+}
+
+/* The result key of the lock key in f->rkey: "...lock:..." -> "...result:...". */
+static void result_key(const engine *e, const fiber *f, char *out, size_t n)
+{
+	const char *hash = strrchr(f->rkey, ':');
+	snprintf(out, n, "%sresult:%s%s", e->cfg->redis.prefix ? e->cfg->redis.prefix : "troupe:",
+	         e->spec->name, hash ? hash : "");
+}
+
+static void shared_publish(tr_ctx *ctx, engine *e, fiber *f)
+{
+	char rk[160], tok[128], px[24];
+	result_key(e, f, rk, sizeof(rk));
+	shared_token(e, f, tok, sizeof(tok));
+	snprintf(px, sizeof(px), "%u", SHARED_RESULT_MS);
+	rv k[2] = {{f->rkey, strlen(f->rkey), 0}, {rk, strlen(rk), 0}};
+	rv a[3] = {{f->body->data, f->body->len, 1}, {px, strlen(px), 0}, {tok, strlen(tok), 0}};
+	(void)shared_ask(ctx, e, NULL, RW_TELL, TR_TAG_REDIS_SCRIPT,
+	                 shared_body(publish_script, k, 2, a, 3), SHARED_ASK_MS);
+	f->rlock = 0;
+}
+
+static void shared_unlock(tr_ctx *ctx, engine *e, fiber *f)
+{
+	char tok[128];
+	f->rlock = 0;
+	shared_token(e, f, tok, sizeof(tok));
+	rv k[1] = {{f->rkey, strlen(f->rkey), 0}};
+	rv a[1] = {{tok, strlen(tok), 0}};
+	(void)shared_ask(ctx, e, NULL, RW_TELL, TR_TAG_REDIS_SCRIPT,
+	                 shared_body(unlock_script, k, 1, a, 1), SHARED_ASK_MS);
+}
+
+/* Another node holds the lock: look for its result (now). */
+static int shared_poll(tr_ctx *ctx, engine *e, fiber *f)
+{
+	char rk[160];
+	result_key(e, f, rk, sizeof(rk));
+	rv k[2] = {{f->rkey, strlen(f->rkey), 0}, {rk, strlen(rk), 0}};
+	return shared_ask(ctx, e, f, RW_POLL, TR_TAG_REDIS_SCRIPT, shared_body(poll_script, k, 2, NULL, 0),
+	                  shared_ms(f, SHARED_ASK_MS)) == TR_OK;
+}
+
+/* ------------------------------------------------------------------ */
 /* step calls                                                          */
+
+/* A call step past its cache: coalesce (locally, then across nodes) or
+ * start its first attempt. */
+static void call_go(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
+{
+	if (s->u.call.coalesce && flight_join(ctx, e, f))
+		return;
+	if (s->u.call.coalesce && shared_on(e) && shared_lock(ctx, e, f, s))
+		return; /* on_shared_reply goes on */
+	/* The step's start time serves as the attempt's "now": what ran
+	 * since (a tap, a cache lookup) takes microseconds, far below the
+	 * millisecond the deadline check works in. */
+	attempt_at(ctx, e, f, f->step_t0);
+}
 
 /* Starts a call step. Returns 1 when it completed at once (a cache hit:
  * the caller goes on with the next step), 0 when the fiber now waits. */
@@ -1331,14 +1600,12 @@ static int call_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 			f->target = NULL;
 			return 1;
 		}
+		if (s->u.call.cache.store == TR_CACHE_REDIS && shared_on(e) &&
+		    shared_cache_get(ctx, e, f))
+			return 0; /* on_shared_reply goes on */
 		STAT_ADD(e, S_CACHE_MISSES, 1);
 	}
-	if (s->u.call.coalesce && flight_join(ctx, e, f))
-		return 0;
-	/* The step's start time serves as the attempt's "now": what ran
-	 * since (a tap, a cache lookup) takes microseconds, far below the
-	 * millisecond the deadline check works in. */
-	attempt_at(ctx, e, f, f->step_t0);
+	call_go(ctx, e, f, s);
 	return 0;
 }
 
@@ -1519,8 +1786,12 @@ static void first_byte(tr_ctx *ctx, engine *e, fiber *f)
 static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 {
 	void *p;
+	if (tr__map_del(&e->rcalls, m->corr, TR_REF_NONE, &p)) {
+		on_shared_reply(ctx, e, p, m);
+		return;
+	}
 	if (!tr__map_del(&e->calls, m->corr, TR_REF_NONE, &p))
-		return; /* its run is gone (deadline, parallel cut-off) */
+		return; /* its run is gone (deadline, parallel cut-off); or a tell to redis */
 	fiber *f = p;
 	first_byte(ctx, e, f);
 	f->corr = 0;
@@ -1550,10 +1821,23 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 		}
 		set_body(f, tr_body_ref(m->body));
 	}
-	if (f->step->u.call.cache.on)
-		cache_put(e, f, f->step);
+	step_succeeded(ctx, e, f, 0);
+}
+
+/* f's step has its result in f->body (from its actor, or published by
+ * another node: `remote`): cache it, share it, settle the flight, go on. */
+static void step_succeeded(tr_ctx *ctx, engine *e, fiber *f, int remote)
+{
+	const tr_step *s = f->step;
+	if (s->u.call.cache.on) {
+		if (s->u.call.cache.store == TR_CACHE_REDIS && shared_on(e))
+			shared_cache_put(ctx, e, f, s, &f->ckey);
+		cache_put(e, f, s);
+	}
+	if (f->rlock)
+		shared_publish(ctx, e, f);
 	notify(ctx, e, f, "end", 0);
-	step_done(e, f, 1, 0, 0);
+	step_done(e, f, 1, 0, remote);
 	if (f->flight != NULL) {
 		run *r = f->r;
 		r->hold++;
@@ -1567,6 +1851,119 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 	}
 	f->step = NULL;
 	advance(ctx, e, f);
+}
+
+/* The {reply = value} of a redis actor answer: the value's bytes, or
+ * NULL (an error answer, or no body). */
+static const unsigned char *shared_value(tr_msg *m, size_t *n)
+{
+	const unsigned char *v;
+	if ((m->flags & TR_MSGF_ERROR) || m->body == NULL || tr_body_check(m->body) != TR_OK ||
+	    tr__mp_map_get(m->body->data, m->body->len, "reply", &v, n) != TR_OK)
+		return NULL;
+	return v;
+}
+
+/* A str or bin value's bytes (NULL for anything else). */
+static const unsigned char *bytes_of(const unsigned char *v, size_t vn, size_t *n)
+{
+	const char *sp;
+	if (tr__mp_str(v, vn, &sp, n) == TR_OK)
+		return (const unsigned char *)sp;
+	unsigned char c = v[0];
+	size_t h = c == 0xc4 ? 2 : c == 0xc5 ? 3 : c == 0xc6 ? 5 : 0;
+	if (h == 0)
+		return NULL;
+	*n = h == 2 ? v[1] : h == 3 ? ((size_t)v[1] << 8 | v[2])
+	                   : ((size_t)v[1] << 24 | (size_t)v[2] << 16 | (size_t)v[3] << 8 | v[4]);
+	return v + h;
+}
+
+/* A published or cached step result: a new body if it is a msgpack map. */
+static tr_body *result_body(const unsigned char *p, size_t n)
+{
+	uint32_t cnt;
+	tr_body *b = p != NULL && n > 0 ? tr_body_new(p, n) : NULL;
+	if (b != NULL && (tr_body_check(b) != TR_OK || tr__mp_map_len(b->data, b->len, &cnt) != TR_OK)) {
+		tr_body_unref(b);
+		b = NULL;
+	}
+	return b;
+}
+
+/* The redis actor answered one of f's asks. Every failure path leads
+ * back to running the step here: sharing is an optimisation. */
+static void on_shared_reply(tr_ctx *ctx, engine *e, fiber *f, tr_msg *m)
+{
+	const tr_step *s = f->step;
+	size_t vn = 0, bn = 0;
+	const unsigned char *v = shared_value(m, &vn);
+	f->st = F_RUNNING;
+	f->corr = 0;
+	if (f->rwhat == RW_CACHE) {
+		const unsigned char *bp = v ? bytes_of(v, vn, &bn) : NULL;
+		tr_body *b = result_body(bp, bn);
+		if (b == NULL) {
+			STAT_ADD(e, S_CACHE_MISSES, 1);
+			call_go(ctx, e, f, s);
+			return;
+		}
+		set_body(f, b);
+		cache_put(e, f, s); /* into the LRU in front */
+		STAT_ADD(e, S_CACHE_HITS, 1);
+		notify(ctx, e, f, "end", 0);
+		step_done(e, f, 1, 1, 0);
+		f->step = NULL;
+		f->target = NULL;
+		advance(ctx, e, f);
+		return;
+	}
+	if (f->rwhat == RW_LOCK) {
+		const char *sp;
+		size_t sn;
+		if (v != NULL && tr__mp_str(v, vn, &sp, &sn) == TR_OK && sn == 2 && memcmp(sp, "OK", 2) == 0) {
+			f->rlock = 1; /* ours: run it, publish after */
+		} else if (v != NULL && v[0] == 0xc0) {
+			/* another node runs it: wait for its result */
+			uint64_t id;
+			if (tr_timer_after(ctx, TAG_SHARED_POLL, SHARED_POLL_MS, &id) == TR_OK &&
+			    tr__map_put(&e->timers, id, TR_REF_NONE, f) == TR_OK) {
+				f->st = F_SHARED;
+				f->timer = id;
+				STAT_ADD(e, S_COALESCED, 1);
+				return;
+			}
+		}
+		attempt_at(ctx, e, f, tr_now_ns());
+		return;
+	}
+	/* RW_POLL: {1, result} | {2} (still running) | {0} (lock gone) */
+	uint32_t n = 0;
+	size_t hdr = 0;
+	if (v != NULL && tr__mp_array_head(v, vn, &n, &hdr) == TR_OK && n >= 1) {
+		const unsigned char *el = v + hdr;
+		uint64_t tag = 0;
+		(void)tr__mp_uint(el, tr__mp_size(el), &tag);
+		if (tag == 1 && n == 2) {
+			const unsigned char *r = el + tr__mp_size(el);
+			const unsigned char *bp = bytes_of(r, tr__mp_size(r), &bn);
+			tr_body *b = result_body(bp, bn);
+			if (b != NULL) {
+				set_body(f, b);
+				step_succeeded(ctx, e, f, 1);
+				return;
+			}
+		} else if (tag == 2 && time_left_us(f->r) > 2000u * SHARED_POLL_MS) {
+			uint64_t id;
+			if (tr_timer_after(ctx, TAG_SHARED_POLL, SHARED_POLL_MS, &id) == TR_OK &&
+			    tr__map_put(&e->timers, id, TR_REF_NONE, f) == TR_OK) {
+				f->st = F_SHARED;
+				f->timer = id;
+				return;
+			}
+		}
+	}
+	attempt_at(ctx, e, f, tr_now_ns());
 }
 
 /* ------------------------------------------------------------------ */
@@ -1811,6 +2208,10 @@ static void on_timer(tr_ctx *ctx, engine *e, tr_msg *m)
 	f->timer = 0;
 	if (m->tag == TAG_RETRY) {
 		attempt(ctx, e, f);
+	} else if (m->tag == TAG_SHARED_POLL) {
+		f->st = F_RUNNING;
+		if (!shared_poll(ctx, e, f))
+			attempt(ctx, e, f);
 	} else if (m->tag == TAG_FIRST_BYTE) {
 		/* No output in time: this attempt timed out (its late reply
 		 * finds no call and is dropped). */
@@ -1990,12 +2391,16 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 		for (uint32_t i = 0; i < e->timers.cap && r == NULL; i++)
 			if (e->timers.ents[i].key != 0)
 				r = ((fiber *)e->timers.ents[i].ptr)->r;
+		for (uint32_t i = 0; i < e->rcalls.cap && r == NULL; i++)
+			if (e->rcalls.ents[i].key != 0)
+				r = ((fiber *)e->rcalls.ents[i].ptr)->r;
 		if (r == NULL)
 			break;
 		tr_body *b = error_body(NULL, C_ERROR, "pipeline stopped", 0);
 		run_end(ctx, e, r, reason == TR_OK ? TR_ESHUTDOWN : reason, b);
 	}
 	tr__map_free(&e->calls);
+	tr__map_free(&e->rcalls);
 	tr__map_free(&e->timers);
 	tr__map_free(&e->runs);
 	tr__map_free(&e->step_idx);

@@ -71,12 +71,15 @@ typedef struct tr_backoff {
 	bool jitter;      /* full jitter: sleep = random(0, min(max, base * 2^k)); default true */
 } tr_backoff;
 
+enum { TR_CACHE_MEMORY = 0, TR_CACHE_REDIS = 1 };
+
 typedef struct tr_cache_spec {
 	bool on;
 	uint64_t ttl_us;    /* required when on */
 	char **keys;        /* message fields that make the key (tenant is always added) */
 	size_t nkeys;
 	uint32_t capacity;  /* entries (LRU); default 10000 */
+	uint8_t store;      /* TR_CACHE_MEMORY, or TR_CACHE_REDIS (shared, LRU in front) */
 } tr_cache_spec;
 
 typedef struct tr_route_branch {
