@@ -1,7 +1,32 @@
 /*
  * actors/execute/execute.c -- the execute kind (execute.h): a step names a
  * tool, its args are checked against the tool's declaration, and the
- * tool's Lua handler runs in the actor's own sandboxed lua_State.
+ * tool's Lua handler runs in the actor's own sandboxed lua_State -- or,
+ * for a SQL tool (sql = "..."), its one parameterized query runs on the
+ * node's PostgreSQL pool (db/pg.h, found by name at each call).
+ *
+ * SQL tools. The args are checked exactly as a handler's are; then the
+ * tool's `params` order gives the query's parameters ($1, $2, ...: an
+ * absent optional arg is NULL). The query text is the tool's own and the
+ * values only ever travel as parameters (PQsendQueryParams, one
+ * statement), so no arg can become SQL. The result is
+ *     {rows = [{column = value, ...}, ...], count = n}
+ * rows in the server's order, values typed by column (db/pg.h: bool,
+ * integer, float, nil, else text); a column name seen before in the same
+ * row gets "_2", "_3", ... appended. count is the number of rows; for a
+ * statement that returns none (INSERT, UPDATE, DELETE without RETURNING)
+ * it is the number of rows it changed. The call's timeout is the tool's
+ * `timeout`, else the run's time left (msg->deadline), at most
+ * EXEC_SQL_TIMEOUT_MS; the pool's statement_timeout also applies.
+ * Errors answer the step, naming the tool:
+ *     TR_EINVAL    bad args (as for handlers), or the server refused a
+ *                  value (SQLSTATE class 22, e.g. "invalid input syntax
+ *                  for type integer"): the caller's input is at fault;
+ *     TR_EFAILED   the tool's SQL itself is wrong (class 42: syntax, an
+ *                  unknown table or column), the server is down, or any
+ *                  other server error;
+ *     TR_ETIMEDOUT no answer within the timeout, or statement_timeout;
+ *     TR_EREJECTED the pool's queue is full (class "overload").
  *
  * Design notes:
  *  - Handlers are Lua functions of the pipeline files, found by number as
@@ -29,6 +54,7 @@
 #include "actors/execute/execute.h"
 #include "actors/kit.h"
 #include "core/alloc.h"
+#include "db/pg.h"
 #include "lua/lua_int.h"
 #include "lua/tlua.h"
 #include "msg/msg_int.h"
@@ -39,8 +65,22 @@ typedef struct ex_tool {
 	uint64_t steps;           /* instruction budget per call; 0 = the default */
 } ex_tool;
 
+/* A SQL tool call waiting for the pool: we own req (tr_take). */
+typedef struct ex_wait {
+	uint64_t corr;
+	tr_msg *req;
+	const tr_tool_spec *tool;
+	uint64_t ms; /* the ask's timeout */
+} ex_wait;
+
+/* The ask's timeout of a SQL tool when neither the tool nor the run sets
+ * one, and its upper bound. */
+#define EXEC_SQL_TIMEOUT_MS 30000u
+
 typedef struct exec_st {
 	const tr_actor_spec *spec;
+	ex_wait *waits;        /* SQL calls in flight, oldest first */
+	uint32_t nwaits, capwaits;
 	lua_State *L;          /* owned; NULL when there is no tool */
 	ex_tool *tools;        /* owned: the tools this actor may run */
 	size_t ntools;
@@ -192,7 +232,11 @@ static int exec_init(tr_ctx *ctx, void *state, const void *arg)
 	tr_buf_init(&st->args);
 	tr_buf_init(&st->out);
 	rc = settings(a, err, sizeof(err), &st->tools, &st->ntools);
-	if (rc == TR_OK && st->ntools > 0)
+	/* a Lua state only for handlers: SQL tools need none */
+	int handlers = 0;
+	for (size_t i = 0; rc == TR_OK && i < st->ntools; i++)
+		handlers += st->tools[i].spec->sql == NULL;
+	if (rc == TR_OK && handlers > 0)
 		rc = tr_lua_state_new(a->cfg, NULL, &st->L, err, sizeof(err));
 	if (rc != TR_OK) {
 		/* init has no other way to say why; check caught the usual causes */
@@ -213,8 +257,16 @@ static int exec_init(tr_ctx *ctx, void *state, const void *arg)
 static void exec_terminate(tr_ctx *ctx, void *state, int reason)
 {
 	exec_st *st = state;
-	(void)ctx;
 	(void)reason;
+	/* every step we took is answered, even now */
+	for (uint32_t i = 0; i < st->nwaits; i++) {
+		(void)tr_step_fail(ctx, st->waits[i].req, TR_ESHUTDOWN,
+		                   "tool '%s': stopped while its query ran", st->waits[i].tool->name);
+		tr_msg_free(st->waits[i].req);
+	}
+	tr__free(st->waits);
+	st->waits = NULL;
+	st->nwaits = st->capwaits = 0;
 	tr_lua_state_free(st->L);
 	st->L = NULL;
 	tr__free(st->tools);
@@ -584,7 +636,236 @@ static void unknown_tool(const exec_st *st, const char *s, size_t n, char *err, 
 		snprintf(err, errlen, "unknown tool '%s' (tools: %s)", q, st->list);
 }
 
-/* Runs the step; TR_OK once it is answered (or the asker is gone). */
+/* ---- SQL tools --------------------------------------------------------------- */
+
+/* The ask's timeout in ms for tool t on step m: the tool's timeout, else
+ * the run's time left, at most EXEC_SQL_TIMEOUT_MS; 0 when the run's
+ * deadline has passed. */
+static uint64_t sql_timeout_ms(const tr_tool_spec *t, const tr_msg *m)
+{
+	uint64_t ms = EXEC_SQL_TIMEOUT_MS, now;
+	if (t->timeout_us > 0 && (t->timeout_us + 999) / 1000 < ms)
+		ms = (t->timeout_us + 999) / 1000;
+	if (m->deadline != 0) {
+		now = tr_wall_us();
+		if (m->deadline <= now)
+			return 0;
+		if ((m->deadline - now + 999) / 1000 < ms)
+			ms = (m->deadline - now + 999) / 1000;
+	}
+	return ms;
+}
+
+/* Packs the pool request {sql, params} for tool t from the checked args
+ * in st->args; 0, or -1 on ENOMEM. */
+static int sql_request(exec_st *st, const tr_tool_spec *t, tr_buf *out)
+{
+	msgpack_unpacked u;
+	msgpack_packer pk;
+	size_t off = 0;
+	int bad;
+
+	msgpack_unpacked_init(&u);
+	if (msgpack_unpack_next(&u, (const char *)st->args.data, st->args.len, &off) !=
+	        MSGPACK_UNPACK_SUCCESS ||
+	    u.data.type != MSGPACK_OBJECT_MAP) {
+		msgpack_unpacked_destroy(&u);
+		return -1; /* we packed it: only OOM gets here */
+	}
+	tr__mp_packer(&pk, out);
+	bad = msgpack_pack_map(&pk, 2) != 0 || tr__mp_pack_cstr(&pk, "sql") != 0 ||
+	      tr__mp_pack_cstr(&pk, t->sql) != 0 || tr__mp_pack_cstr(&pk, "params") != 0 ||
+	      msgpack_pack_array(&pk, t->nparams) != 0;
+	for (size_t i = 0; i < t->nparams && !bad; i++) {
+		const msgpack_object *v = tr_kobj_get(&u.data, t->params[i]);
+		bad = (v != NULL ? msgpack_pack_object(&pk, *v) : msgpack_pack_nil(&pk)) != 0;
+	}
+	msgpack_unpacked_destroy(&u);
+	return bad ? -1 : 0;
+}
+
+/* Sends tool t's query for step m (args checked, in st->args). TR_OK
+ * once it is on its way (we then own m) or once m is answered. */
+static int sql_call(tr_ctx *ctx, exec_st *st, const tr_tool_spec *t, tr_msg *m)
+{
+	uint64_t ms = sql_timeout_ms(t, m), corr;
+	tr_ref pool;
+	tr_buf b;
+	int rc;
+
+	if (ms == 0)
+		return tr_step_fail(ctx, m, TR_ETIMEDOUT, "tool '%s': timed out: the run's deadline "
+		                    "passed before its query", t->name);
+	if (tr_whereis(tr_ctx_node(ctx), TR_PG_NAME, &pool) != TR_OK)
+		return tr_step_fail(ctx, m, TR_EFAILED, "tool '%s': the node runs no PostgreSQL pool "
+		                    "(declare postgres { conninfo = \"...\" })", t->name);
+	if (st->nwaits == st->capwaits) {
+		uint32_t nc = st->capwaits ? st->capwaits * 2 : 16;
+		ex_wait *nw = tr__realloc(st->waits, nc * sizeof(*nw));
+		if (nw == NULL)
+			return tr_step_fail(ctx, m, TR_ENOMEM, "tool '%s': out of memory", t->name);
+		st->waits = nw;
+		st->capwaits = nc;
+	}
+	tr_buf_init(&b);
+	tr_msg *ask = sql_request(st, t, &b) == 0 ? tr_msg_new() : NULL;
+	if (ask != NULL && (ask->body = tr_body_new(b.data, b.len)) == NULL) {
+		tr_msg_free(ask);
+		ask = NULL;
+	}
+	tr_buf_free(&b);
+	if (ask == NULL)
+		return tr_step_fail(ctx, m, TR_ENOMEM, "tool '%s': out of memory", t->name);
+	ask->tag = TR_TAG_PG_QUERY;
+	ask->deadline = m->deadline;
+	ask->trace_hi = m->trace_hi;
+	ask->trace_lo = m->trace_lo;
+	ask->tenant = m->tenant;
+	rc = tr_ask(ctx, pool, ask, ms, &corr);
+	if (rc != TR_OK)
+		return tr_step_fail(ctx, m, rc == TR_EFULL || rc == TR_EDROPPED ? TR_EREJECTED
+		                            : rc == TR_EREJECTED                  ? TR_EREJECTED
+		                                                                  : TR_EFAILED,
+		                    "tool '%s': postgres: %s", t->name, tr_strerror(rc));
+	st->waits[st->nwaits++] = (ex_wait){corr, tr_take(ctx), t, ms};
+	return TR_OK;
+}
+
+static const char *obj_str(const msgpack_object *o, size_t *n)
+{
+	if (o == NULL || o->type != MSGPACK_OBJECT_STR) {
+		*n = 0;
+		return "";
+	}
+	*n = o->via.str.size;
+	return o->via.str.ptr;
+}
+
+/* Packs {rows = [{col = v}], count} from the pool's {columns, rows,
+ * affected} map `r`; 0, or -1 on ENOMEM. */
+static int pack_result(msgpack_packer *pk, const msgpack_object *r)
+{
+	const msgpack_object *cols = tr_kobj_get(r, "columns"), *rows = tr_kobj_get(r, "rows"),
+	                     *aff = tr_kobj_get(r, "affected");
+	uint32_t nc = cols != NULL && cols->type == MSGPACK_OBJECT_ARRAY ? cols->via.array.size : 0;
+	uint32_t nr = rows != NULL && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
+	uint32_t *dup = nc ? tr__calloc(nc, sizeof(*dup)) : NULL;
+	uint64_t count = nr;
+	int bad = nc > 0 && dup == NULL;
+
+	/* dup[i]: how many columns before i have its name ("?column?" twice) */
+	for (uint32_t i = 0; i < nc && !bad; i++) {
+		size_t ni, nj;
+		const char *si = obj_str(&cols->via.array.ptr[i], &ni);
+		for (uint32_t j = 0; j < i; j++) {
+			const char *sj = obj_str(&cols->via.array.ptr[j], &nj);
+			dup[i] += ni == nj && memcmp(si, sj, ni) == 0;
+		}
+	}
+	if (nc == 0 && aff != NULL && aff->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+		count = aff->via.u64; /* INSERT/UPDATE/DELETE without RETURNING */
+	bad = bad || msgpack_pack_map(pk, 2) != 0 || tr__mp_pack_cstr(pk, "rows") != 0 ||
+	      msgpack_pack_array(pk, nr) != 0;
+	for (uint32_t i = 0; i < nr && !bad; i++) {
+		const msgpack_object *row = &rows->via.array.ptr[i];
+		uint32_t nv = row->type == MSGPACK_OBJECT_ARRAY ? row->via.array.size : 0;
+		if (nv > nc)
+			nv = nc;
+		bad = msgpack_pack_map(pk, nv) != 0;
+		for (uint32_t j = 0; j < nv && !bad; j++) {
+			size_t n;
+			const char *name = obj_str(&cols->via.array.ptr[j], &n);
+			if (dup[j] == 0) {
+				bad = tr_kpack_str(pk, name, n) != TR_OK;
+			} else {
+				char sfx[16];
+				int sn = snprintf(sfx, sizeof(sfx), "_%u", dup[j] + 1);
+				bad = msgpack_pack_str(pk, n + (size_t)sn) != 0 ||
+				      msgpack_pack_str_body(pk, name, n) != 0 ||
+				      msgpack_pack_str_body(pk, sfx, (size_t)sn) != 0;
+			}
+			bad = bad || msgpack_pack_object(pk, row->via.array.ptr[j]) != 0;
+		}
+	}
+	bad = bad || tr__mp_pack_cstr(pk, "count") != 0 || msgpack_pack_uint64(pk, count) != 0;
+	tr__free(dup);
+	return bad ? -1 : 0;
+}
+
+/* The pool's answer rep to the SQL call w (its step is answered and freed). */
+static void sql_answer(tr_ctx *ctx, const ex_wait *w, const tr_msg *rep)
+{
+	const tr_tool_spec *t = w->tool;
+	tr_msg *req = w->req;
+	char lim[32];
+	tr_kmsg k;
+	int opened = rep->body != NULL && rep->body->len > 0 && tr_kmsg_open(&k, rep) == TR_OK;
+
+	if (rep->flags & TR_MSGF_ERROR) {
+		size_t mn = 0, sn = 0;
+		const char *msg = opened ? obj_str(tr_kmsg_get(&k, "message"), &mn) : "";
+		const char *state = opened ? obj_str(tr_kmsg_get(&k, "sqlstate"), &sn) : "";
+		int err = rep->err ? rep->err : TR_EFAILED;
+		if (mn == 0) {
+			msg = tr_strerror(err);
+			mn = strlen(msg);
+		}
+		if (err == TR_ETIMEDOUT && !opened)
+			(void)tr_step_fail(ctx, req, TR_ETIMEDOUT, "tool '%s': timed out: no answer from "
+			                   "postgres within %s", t->name,
+			                   fmt_us(lim, sizeof(lim), w->ms * 1000u));
+		else if (err == TR_ETIMEDOUT)
+			(void)tr_step_fail(ctx, req, TR_ETIMEDOUT, "tool '%s': timed out: %.*s", t->name,
+			                   (int)mn, msg);
+		else if (err == TR_EINVAL && sn == 5 && memcmp(state, "42", 2) == 0)
+			/* the tool's SQL is wrong, whatever the args: not the caller's fault */
+			(void)tr_step_fail(ctx, req, TR_EFAILED, "tool '%s': its SQL failed: %.*s",
+			                   t->name, (int)mn, msg);
+		else if (err == TR_EINVAL)
+			(void)tr_step_fail(ctx, req, TR_EINVAL, "tool '%s': %.*s", t->name, (int)mn, msg);
+		else
+			(void)tr_step_fail(ctx, req,
+			                   err == TR_EREJECTED || err == TR_EFULL || err == TR_EDROPPED
+			                       ? TR_EREJECTED
+			                       : err == TR_ENOMEM ? TR_ENOMEM : TR_EFAILED,
+			                   "tool '%s': postgres: %.*s", t->name, (int)mn, msg);
+	} else if (!opened) {
+		(void)tr_step_fail(ctx, req, TR_EFAILED, "tool '%s': the pool's answer is not a map",
+		                   t->name);
+	} else {
+		tr_kout o;
+		tr_kout_init(&o);
+		tr_kpack_str(tr_kout_key(&o, "tool"), t->name, strlen(t->name));
+		if (pack_result(tr_kout_key(&o, "result"), &k.u.data) != 0) {
+			tr_kout_free(&o);
+			(void)tr_step_fail(ctx, req, TR_ENOMEM, "tool '%s': out of memory packing its "
+			                   "result", t->name);
+		} else {
+			(void)tr_kout_reply(ctx, req, &o); /* a gone asker is not our error */
+		}
+	}
+	if (rep->body != NULL && rep->body->len > 0)
+		tr_kmsg_close(&k);
+	tr_msg_free(req);
+}
+
+/* A reply: the answer to one of our SQL calls (others are ignored). */
+static void on_reply(tr_ctx *ctx, exec_st *st, const tr_msg *m)
+{
+	for (uint32_t i = 0; i < st->nwaits; i++) {
+		if (st->waits[i].corr != m->corr)
+			continue;
+		ex_wait w = st->waits[i];
+		/* answers mostly come oldest first: mostly a move of nothing */
+		memmove(&st->waits[i], &st->waits[i + 1], (st->nwaits - i - 1) * sizeof(w));
+		st->nwaits--;
+		sql_answer(ctx, &w, m);
+		return;
+	}
+}
+
+/* Runs the step; TR_OK once it is answered (or the asker is gone), or
+ * once a SQL tool's query is on its way (then it is answered later). */
 static int run_step(tr_ctx *ctx, exec_st *st, tr_msg *m, tr_kmsg *k)
 {
 	const msgpack_object *tool, *slots, *args;
@@ -633,6 +914,10 @@ static int run_step(tr_ctx *ctx, exec_st *st, tr_msg *m, tr_kmsg *k)
 	rc = check_args(st, t, args, from_slots, err, sizeof(err));
 	if (rc != TR_OK)
 		return tr_step_fail(ctx, m, rc, "%s", err);
+	if (t->sql != NULL)
+		return sql_call(ctx, st, t, m);
+	if (st->L == NULL || t->handler_fn < 0)
+		return tr_step_fail(ctx, m, TR_EFAILED, "tool '%s' has no handler", t->name);
 
 	/* the tool's budget for this one call (execute.h, "Timeouts") */
 	tr__lua_sb(st->L)->call_steps = et->steps ? et->steps : st->default_steps;
@@ -675,8 +960,11 @@ static int exec_receive(tr_ctx *ctx, void *state, tr_msg *m)
 	exec_st *st = state;
 	tr_kmsg k;
 
-	/* System messages, stray replies and plain sends carry nothing to
-	 * answer. */
+	if (m->flags & TR_MSGF_REPLY) {
+		on_reply(ctx, st, m); /* the pool's answers (runtime-made ones included) */
+		return TR_OK;
+	}
+	/* System messages and plain sends carry nothing to answer. */
 	if (m->tag >= TR_TAG_SYS_BASE || (m->flags & TR_MSGF_REPLY) || !(m->flags & TR_MSGF_ASK))
 		return TR_OK;
 	if (tr_kmsg_open(&k, m) != TR_OK) {

@@ -20,11 +20,21 @@
  *   table   a map or a list
  * nil counts as absent. The handler gets the converted values.
  *
+ * SQL tools (sql = "...", execute.c has the details): the checked args
+ * fill $1, $2, ... in `params` order (an absent optional arg is NULL),
+ * the query runs on the node's PostgreSQL pool, and `result` is
+ * {rows = [{column = value, ...}], count = n}. Values are only ever
+ * parameters, never SQL. A value the server refuses (SQLSTATE class 22)
+ * is TR_EINVAL like a bad arg; a broken query, the server down or any
+ * other server error TR_EFAILED; the tool's timeout (else the run's time
+ * left) or statement_timeout TR_ETIMEDOUT; a full pool TR_EREJECTED.
+ *
  * Settings: tools = { "name", ... } (optional) limits the actor to those
  * tools; without it every declared tool may run.
  *
- * Timeouts. A handler runs on the actor's worker thread until it returns,
- * so a bound on its CPU is what keeps one tool from stalling others: each
+ * Timeouts (of handlers; a SQL tool's timeout bounds the wait for its
+ * query's answer). A handler runs on the actor's worker thread until it
+ * returns, so a bound on its CPU is what keeps one tool from stalling others: each
  * call gets an instruction budget of timeout x EXEC_STEPS_PER_US (100
  * per µs) Lua instructions; tools without a timeout get the Lua layer's
  * default per-call budget, 10 M. A call that spends it fails with a timeout error; one

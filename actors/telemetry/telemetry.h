@@ -20,9 +20,9 @@
  * recorded as {"ts_us", "event": "oversize", "bytes"}.
  *
  * Sinks (settings; see tel_settings in telemetry.c for the exact rules):
- *   sink      "ring" | "file" | "stdout", or a list of them. Default: "file"
- *             when `file` is set, plus "ring" when `ring` is set; "ring"
- *             when neither is.
+ *   sink      "ring" | "file" | "stdout" | "postgres" | "redis", or a list
+ *             of them. Default: "file" when `file` is set, plus "ring"
+ *             when `ring` is set; "ring" when neither is.
  *   file      path of the JSON-lines file (sink "file" only)
  *   max_bytes size at which the file rotates: path -> path.1 -> ... ->
  *             path.<keep>, the oldest dropped (bytes or "64MiB"; default
@@ -33,6 +33,19 @@
  *   buffer    lines buffered before a write even before flush_ms (bytes or
  *             "64KiB"; default 64 KiB, 4 KiB..64 MiB)
  *   max_line  largest body recorded whole (default 16 KiB, 256 B..1 MiB)
+ *   The database sinks (telemetry.c's header has the details):
+ *   backlog   events each database sink buffers while its server is slow
+ *             or down (1..1000000, default 10000); past it new events are
+ *             dropped and counted
+ *   db_batch  events per write: rows of one INSERT, XADDs of one pipelined
+ *             round (1..1000, default 200); a full batch is written at
+ *             once, a partial one after flush_ms
+ *   db_timeout_ms  postgres: how long a write may wait for a connection;
+ *             redis: for its reply; then it is retried (10..600000,
+ *             default 5000)
+ *   redis_key stream key (default the redis { prefix } + "events", i.e.
+ *             "troupe:events")
+ *   redis_maxlen  XADD ... MAXLEN ~ n (0..1e10, default 100000; 0: no trim)
  *
  * It never slows a run: the engine's sends never wait for it (a full
  * mailbox drops the event; the mailbox policy is the user's, and the
@@ -72,6 +85,11 @@ enum {
 	TR_TEL_NTYPES
 };
 
+/* The database sinks, for tr_telemetry_stats' sink_* arrays. */
+enum { TR_TEL_SINK_PG, TR_TEL_SINK_REDIS, TR_TEL_NSINKS };
+/* Their names, for labels: "postgres", "redis". */
+extern const char *const tr_telemetry_sink_names[TR_TEL_NSINKS];
+
 /* The names of the types above, for labels: "start", ..., "other". */
 extern const char *const tr_telemetry_type_names[TR_TEL_NTYPES];
 
@@ -91,6 +109,13 @@ typedef struct tr_telemetry_stats {
 	uint64_t step_overflow;  /* events with a step not counted apart: pairs past
 	                          * TR_TEL_STEPS_MAX, or names that are not 1..63
 	                          * bytes of printable ASCII */
+	/* The database sinks, by TR_TEL_SINK_*. */
+	uint64_t sink_written[TR_TEL_NSINKS]; /* events the server stored */
+	uint64_t sink_dropped[TR_TEL_NSINKS]; /* lost: the backlog was full */
+	uint64_t sink_failed[TR_TEL_NSINKS];  /* refused by the server for good, and dropped */
+	uint64_t sink_errors[TR_TEL_NSINKS];  /* writes that failed and were retried
+	                                       * (server down, slow, overloaded) */
+	uint64_t sink_queued[TR_TEL_NSINKS];  /* events buffered now (a gauge) */
 } tr_telemetry_stats;
 
 /* Distinct (pipeline, step) pairs one actor counts; later ones are only
@@ -121,6 +146,9 @@ int tr_telemetry_ring_json(tr_node *node, const char *name, size_t max, tr_buf *
  *   troupe_telemetry_step_seconds_total{actor,pipeline,step}  (step_us of end events)
  *   troupe_telemetry_{passed,invalid,oversize,lines_dropped,write_errors,
  *                     rotations}_total{actor}, troupe_telemetry_written_bytes_total{actor}
+ *   and, for actors with a database sink (sink = "postgres" | "redis"):
+ *   troupe_telemetry_sink_{written,dropped,failed,errors}_total{actor,sink},
+ *   troupe_telemetry_sink_queued{actor,sink} (a gauge)
  * Nothing is appended when the node has no telemetry actor. TR_OK or
  * TR_ENOMEM.
  */

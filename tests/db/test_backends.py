@@ -316,20 +316,19 @@ QUESTIONS = ["how do retries work?", "what is backpressure?", "how does supervis
              "what is a mailbox overflow policy?", "how do I run the tests?", "what does coalesce do?"]
 
 
-def load(port, n, threads, out):
-    """n requests over `threads` connections, each question made unique
-    (so retrieval reaches PostgreSQL); out gets (status, code, t)."""
+def load(port, threads, out, stop_at):
+    """Requests over `threads` keep-alive connections until stop_at (a
+    time), each question made unique (so retrieval reaches PostgreSQL);
+    out gets (status, code, t, message) per request."""
     lock = threading.Lock()
-    left = [n]
+    seq = [0]
 
     def worker(k):
         c = None
-        while True:
+        while time.time() < stop_at:
             with lock:
-                if left[0] == 0:
-                    return
-                left[0] -= 1
-                i = left[0]
+                seq[0] += 1
+                i = seq[0]
             q = "%s (run %d)" % (QUESTIONS[i % len(QUESTIONS)], i)
             try:
                 if c is None:
@@ -345,6 +344,7 @@ def load(port, n, threads, out):
                 c = None
             with lock:
                 out.append(rec)
+            time.sleep(0.005)  # a steady load, not a flood: failures come back fast
     ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
     for t in ts:
         t.start()
@@ -365,11 +365,10 @@ def faults(env, ci, pg, pgdir, rd, rdir):
     st, j = post(port, "assistant", {"input": {"text": "how do retries work?"}})
     check("the assistant answers from PostgreSQL", ok is not None and st == 200 and
           j["output"]["sources"][0].startswith("retries.md"), (st, j))
-    N = 1500
     out = []
     t0 = time.time()
-    ts = load(port, N, 8, out)
-    wait_for(lambda: len(out) >= N // 5, 30)
+    ts = load(port, 8, out, t0 + 14)
+    time.sleep(2)
     t_pg_down = time.time()
     kill_pid(int(pg["PG_PID"]), signal.SIGINT)
     time.sleep(1.0)
@@ -377,16 +376,17 @@ def faults(env, ci, pg, pgdir, rd, rdir):
     pg.update(pg2)
     t_pg_up = time.time()
     back = wait_for(lambda: get(port, "/ready")[0] == 200, 15)
-    wait_for(lambda: len(out) >= N // 2, 60)
+    time.sleep(max(0, t_pg_up + 4 - time.time()))
     kill_pid(int(rd["REDIS_PID"]), signal.SIGKILL)
     t_redis_down = time.time()
-    time.sleep(0.5)
+    time.sleep(1.0)
     rc2, rd2 = server(REDIS_SCRIPT, "restart", rdir)
     rd.update(rd2)
     t_redis_up = time.time()
     rback = wait_for(lambda: get(port, "/ready")[1].get("degraded") == [], 15)
     for t in ts:
-        t.join(120)
+        t.join(60)
+    N = len(out)
     wall = time.time() - t0
     okn = sum(1 for x in out if x[0] == 200)
     errs = [x for x in out if x[0] not in (0, 200)]

@@ -15,11 +15,13 @@
  *    refused as for handlers, a value the server refuses (invalid), SQL
  *    in string args (never SQL), optional args as NULL, params order,
  *    UPDATE counts, duplicate column names, a broken query, the tool's
- *    timeout, the server down, a run through the engine.
+ *    timeout, the pool's statement_timeout, the run's deadline, the
+ *    server down, a run through the engine.
  *  telemetry, sinks "postgres" and "redis": events arrive (rows, XLEN,
- *    typed columns, odd bodies), the backlog bound while the server is
- *    down (dropped counted, the actor still answers), recovery when it
- *    is back, metrics, the last write at terminate.
+ *    typed columns, odd bodies), a slow server (writes wait, nothing is
+ *    stored twice), the backlog bound while the server is down (dropped
+ *    counted, the actor still answers), recovery when it is back,
+ *    metrics, the last write at terminate, and what it costs.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -410,6 +412,7 @@ static const char *const pipeline_file =
 	"tool \"dup_cols\" { sql = \"select 1 as a, 2.5 as a, true as b, null as c, 'x' as a\" }\n"
 	"tool \"broken\" { sql = \"select nosuchcol from appointments\" }\n"
 	"tool \"slow\" { sql = \"select pg_sleep(2)\", timeout = \"200ms\" }\n"
+	"tool \"slower\" { sql = \"select pg_sleep(4)\" }\n"
 	"tool \"echo\" { args = { s = \"string\" }, handler = function(a) return a end }\n"
 	"actor \"exec\" { kind = \"execute\" }\n"
 	"actor \"docs\" { kind = \"rag\", backend = \"postgres\" }\n"
@@ -483,7 +486,9 @@ TT_TEST(start)
 
 	node = tn_start(2);
 	TT_ASSERT(node != NULL);
-	tr_pg_opts po = {.conninfo = pg_conninfo, .pool = 4, .connect_timeout_us = 2000000};
+	/* statement_timeout 2.5 s: the tool "slower" runs into it */
+	tr_pg_opts po = {.conninfo = pg_conninfo, .pool = 4, .connect_timeout_us = 2000000,
+	                 .statement_timeout_us = 2500000};
 	if (tr_pg_start(node, 0, &po, &pool, err, sizeof(err)) != TR_OK)
 		TT_FAIL_("tr_pg_start: %s", err);
 	tr_redis_opts ro = {.host = "127.0.0.1", .port = rd_port, .timeout_us = 1000000};
@@ -625,7 +630,7 @@ TT_TEST(rag_deadline)
 	      "rag: postgres: the run's deadline passed before the query");
 	snprintf(cmd, sizeof(cmd),
 	         "psql '%s' -q -X -c 'BEGIN; LOCK TABLE troupe_chunks IN ACCESS EXCLUSIVE MODE; "
-	         "SELECT pg_sleep(2); COMMIT;' >/dev/null 2>&1 &", pg_conninfo);
+	         "SELECT pg_sleep(1); COMMIT;' >/dev/null 2>&1 &", pg_conninfo);
 	TT_EQ(system(cmd), 0);
 	for (int i = 0; i < 100 && psql_long("SELECT count(*) FROM pg_locks WHERE mode = "
 	                                     "'AccessExclusiveLock' AND relation = "
@@ -759,6 +764,9 @@ TT_TEST(sql_tool_changes_and_errors)
 	fprintf(stderr, "  slow tool: timed out after %llu ms (its timeout: 200 ms)\n",
 	        (unsigned long long)rep_ms);
 	TT_ASSERT(rep_ms >= 190 && rep_ms < 1500);
+	/* no timeout of its own: the pool's statement_timeout (2.5 s here) ends it */
+	FAILS(exec_ref, "{\"tool\": \"slower\"}", TR_ETIMEDOUT, NULL,
+	      "tool 'slower': timed out: canceling statement due to statement timeout");
 	/* the run's deadline bounds a tool without a timeout */
 	req_deadline = tr_wall_us() - 1;
 	FAILS(exec_ref, "{\"tool\": \"appointments\", \"args\": {\"patient_id\": 1}}", TR_ETIMEDOUT,
@@ -985,8 +993,10 @@ TT_TEST(telemetry_postgres_down_and_back)
 	TT_EQ(s.sink_queued[TR_TEL_SINK_PG], 0);
 	TT_EQ(psql_long("SELECT count(*) FROM troupe_events") - before, 100);
 	/* the first 100, in order */
-	TT_EQ(psql_long("SELECT min(step_us) FROM troupe_events WHERE step_us BETWEEN 1000 AND 4999"), 1000);
-	TT_EQ(psql_long("SELECT max(step_us) FROM troupe_events WHERE step_us BETWEEN 1000 AND 4999"), 1099);
+	TT_EQ(psql_long("SELECT min(step_us) FROM troupe_events WHERE step_us BETWEEN 1000 AND 4999"),
+	      1000);
+	TT_EQ(psql_long("SELECT max(step_us) FROM troupe_events WHERE step_us BETWEEN 1000 AND 4999"),
+	      1099);
 	/* and new events flow again */
 	TT_EQ(send_events(tel_pg_small, 10, 5000), 0);
 	TT_ASSERT(wait_written_ge("tel_pg_small", TR_TEL_SINK_PG, 110, 10000));
@@ -1131,6 +1141,43 @@ TT_TEST(telemetry_last_write_at_stop)
 	TT_EQ(xlen("kp:lazy"), 7);
 }
 
+/* What it costs: printed, not asserted. */
+TT_TEST(cost)
+{
+	int n = tn_quick() ? 1000 : 5000;
+	const char *names[] = {"tel_pg", "tel_rd"};
+	tr_ref refs[] = {tel_pg, tel_rd};
+	int sinks[] = {TR_TEL_SINK_PG, TR_TEL_SINK_REDIS};
+	for (int k = 0; k < 2; k++) {
+		tr_actor_stats a0, a1;
+		uint64_t w0 = stats_of(names[k]).sink_written[sinks[k]];
+		TT_OK(tr_actor_stats_get(node, refs[k], &a0));
+		uint64_t t0 = tr_now_ns();
+		TT_EQ(send_events(refs[k], n, 100000), 0);
+		TT_ASSERT(wait_written_ge(names[k], sinks[k], w0 + (uint64_t)n, 30000));
+		double s = (double)(tr_now_ns() - t0) / 1e9;
+		TT_OK(tr_actor_stats_get(node, refs[k], &a1));
+		fprintf(stderr, "  %s: %d events stored in %.3f s (%.0f/s), %.2f us of actor time per "
+		        "event\n", names[k], n, s, n / s,
+		        (double)(a1.receive_ns - a0.receive_ns) / 1e3 / n);
+	}
+	/* one rag query and one SQL tool call, asked one after the other */
+	uint64_t t0 = tr_now_ns();
+	int calls = tn_quick() ? 50 : 300;
+	req_tenant = tenant_id("acme");
+	for (int i = 0; i < calls; i++)
+		TT_ASSERT(ask_json(docs_ref, "{\"text\": \"how do retries work\"}"));
+	double rag_us = (double)(tr_now_ns() - t0) / 1e3 / calls;
+	req_tenant = 0;
+	t0 = tr_now_ns();
+	for (int i = 0; i < calls; i++)
+		TT_ASSERT(ask_json(exec_ref, "{\"tool\": \"appointments\", \"args\": "
+		                             "{\"patient_id\": 1}}"));
+	double sql_us = (double)(tr_now_ns() - t0) / 1e3 / calls;
+	fprintf(stderr, "  round trip from a test thread: rag (postgres) %.0f us, SQL tool %.0f us\n",
+	        rag_us, sql_us);
+}
+
 /* ---- the server down for rag and execute (last: the pool then takes a
  * while to come back) --------------------------------------------------------------- */
 
@@ -1219,6 +1266,7 @@ TT_LIST = {
 	TT_ENTRY(telemetry_redis_writes),
 	TT_ENTRY(telemetry_redis_down_and_back),
 	TT_ENTRY(telemetry_last_write_at_stop),
+	TT_ENTRY(cost),
 	TT_ENTRY(server_down_is_an_error_not_a_hang),
 	TT_ENTRY(no_pool_on_the_node),
 	TT_ENTRY(stop),
