@@ -1238,26 +1238,39 @@ void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 	size_t hdr;
 	if (body != NULL && tr__mp_map_get(body, n, "steps", &s, &sl) == TR_OK &&
 	    tr__mp_array_head(s, sl, &cnt, &hdr) == TR_OK) {
+		/* One pass over each entry's keys (the engine writes them in
+		 * this order, but any order is read), then the JSON in ours. */
+		static const char *const keys[] = {"step", "actor", "us", "attempts", "cached"};
+		static const char *const heads[] = {"{\"step\":", ",\"actor\":", ",\"ms\":",
+		                                    ",\"attempts\":", ",\"cached\":"};
 		const unsigned char *e = s + hdr;
-		static const char *const keys[] = {"step", "actor", "attempts", "cached"};
-		static const char *const heads[] = {"{\"step\":", ",\"actor\":", ",\"attempts\":",
-		                                    ",\"cached\":"};
 		for (uint32_t i = 0; i < cnt; i++) {
+			const unsigned char *val[5] = {NULL, NULL, NULL, NULL, NULL};
+			uint32_t kn = 0;
+			size_t kh = 0, pos;
 			size_t es = tr__mp_size(e);
-			const unsigned char *v;
-			size_t vl;
+			if (tr__mp_map_head(e, es, &kn, &kh) == TR_OK) {
+				pos = kh;
+				for (uint32_t k = 0; k < kn; k++) {
+					size_t ks = tr__mp_size(e + pos);
+					const char *kstr;
+					size_t klen;
+					if (tr__mp_str(e + pos, ks, &kstr, &klen) == TR_OK)
+						for (int j = 0; j < 5; j++)
+							if (strlen(keys[j]) == klen && memcmp(keys[j], kstr, klen) == 0)
+								val[j] = e + pos + ks;
+					pos += ks;
+					pos += tr__mp_size(e + pos);
+				}
+			}
 			if (i > 0)
 				tr__buf_append(out, ",", 1);
-			for (int k = 0; k < 4; k++) {
-				tr__buf_append(out, heads[k], strlen(heads[k]));
-				if (tr__mp_map_get(e, es, keys[k], &v, &vl) == TR_OK)
-					tr__mp_json_checked(v, out);
-				else
+			for (int j = 0; j < 5; j++) {
+				tr__buf_append(out, heads[j], strlen(heads[j]));
+				if (j == 2)
+					put_ms(out, val[2] ? mp_uint(val[2], tr__mp_size(val[2])) : 0);
+				else if (val[j] == NULL || tr__mp_json_checked(val[j], out) != TR_OK)
 					tr__buf_append(out, "null", 4);
-				if (k == 1) {
-					tr__buf_append(out, ",\"ms\":", 6);
-					put_ms(out, tr__mp_map_get(e, es, "us", &v, &vl) == TR_OK ? mp_uint(v, vl) : 0);
-				}
 			}
 			tr__buf_append(out, "}", 1);
 			e += es;

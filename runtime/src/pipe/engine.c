@@ -592,20 +592,36 @@ static void step_done(engine *e, fiber *f, int ok, int cached, int coalesced)
 	}
 	if (!(r->req->arg & TR_RUN_TRACE))
 		return;
-	char actor[112];
+	/* One trace line, {step, actor, us, attempts, cached, coalesced, ok}:
+	 * the keys are constant bytes, written whole (a packer call per key
+	 * was a tenth of the 5-step no-op pipeline's time). */
 	msgpack_packer pk;
-	actor_name(f, actor, sizeof(actor));
-	size_t mark = r->trace.len;
+	const char *tg = f->target ? f->target : "";
+	size_t mark = r->trace.len, tl = strlen(tg);
+	char inst[16];
+	size_t il = 0;
+	if (f->inst > 0) {
+		uint32_t v = f->inst - 1;
+		char d[12];
+		size_t k = 0;
+		do
+			d[k++] = (char)('0' + v % 10);
+		while ((v /= 10) != 0);
+		inst[il++] = '#';
+		while (k > 0)
+			inst[il++] = d[--k];
+	}
 	tr__mp_packer(&pk, &r->trace);
-	if (msgpack_pack_map(&pk, 7) || tr__mp_pack_cstr(&pk, "step") ||
-	    tr__mp_pack_cstr(&pk, s->u.call.actor) || tr__mp_pack_cstr(&pk, "actor") ||
-	    tr__mp_pack_cstr(&pk, actor) || tr__mp_pack_cstr(&pk, "us") ||
-	    msgpack_pack_uint64(&pk, us) || tr__mp_pack_cstr(&pk, "attempts") ||
-	    msgpack_pack_uint32(&pk, f->attempts) || tr__mp_pack_cstr(&pk, "cached") ||
-	    (cached ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)) ||
-	    tr__mp_pack_cstr(&pk, "coalesced") ||
-	    (coalesced ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)) ||
-	    tr__mp_pack_cstr(&pk, "ok") || (ok ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk)))
+	if (tr__buf_append(&r->trace, "\x87\xa4step", 6) || tr__mp_pack_cstr(&pk, s->u.call.actor) ||
+	    tr__buf_append(&r->trace, "\xa5" "actor", 6) || msgpack_pack_str(&pk, tl + il) ||
+	    tr__buf_append(&r->trace, tg, tl) || tr__buf_append(&r->trace, inst, il) ||
+	    tr__buf_append(&r->trace, "\xa2us", 3) || msgpack_pack_uint64(&pk, us) ||
+	    tr__buf_append(&r->trace, "\xa8" "attempts", 9) || msgpack_pack_uint32(&pk, f->attempts) ||
+	    tr__buf_append(&r->trace, "\xa6" "cached", 7) ||
+	    tr__buf_append(&r->trace, cached ? "\xc3" : "\xc2", 1) ||
+	    tr__buf_append(&r->trace, "\xa9" "coalesced", 10) ||
+	    tr__buf_append(&r->trace, coalesced ? "\xc3" : "\xc2", 1) ||
+	    tr__buf_append(&r->trace, "\xa2ok", 3) || tr__buf_append(&r->trace, ok ? "\xc3" : "\xc2", 1))
 		r->trace.len = mark; /* out of memory: that line is left out */
 	else
 		r->ntrace++;
