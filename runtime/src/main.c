@@ -34,6 +34,7 @@
 #include "actors/kit.h"
 #include "actors/telemetry/telemetry.h"
 #include "cli.h"
+#include "cluster/cluster.h"
 #include "db/pg.h"
 #include "db/redis.h"
 #include "http/door.h"
@@ -244,6 +245,61 @@ static int start_backends(tr_node *node, const tr_config *c, tr_pg **pg, tr_redi
 	return 0;
 }
 
+/* The node's id in refs: a hash of its name, the same on every start,
+ * so refs and the cluster agree on who is who (0 is "no actor"). */
+static uint32_t node_id_of(const char *name)
+{
+	uint32_t h = 2166136261u;
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h ? h : 1;
+}
+
+/* node { cluster = { ... } }: the cluster actor, once the node runs.
+ * 0, or 1 with the reason logged. */
+static int start_cluster(tr_node *node, const tr_config *c, tr_cluster **out)
+{
+	const tr_node_spec *n = &c->node;
+	unsigned char secret[4096];
+	size_t slen = 0;
+	char err[256];
+	if (n->cluster.listen == NULL)
+		return 0;
+	if (n->cluster.secret_file == NULL) {
+		log_json(LOG_ERROR, "cluster: secret_file is required (links authenticate with it)",
+		         (const char *)NULL);
+		return 1;
+	}
+	FILE *f = fopen(n->cluster.secret_file, "rb");
+	if (f != NULL) {
+		slen = fread(secret, 1, sizeof(secret), f);
+		fclose(f);
+	}
+	while (slen > 0 && (secret[slen - 1] == '\n' || secret[slen - 1] == '\r'))
+		slen--;
+	if (f == NULL || slen < 16) {
+		log_json(LOG_ERROR, f == NULL ? "cluster: cannot read secret_file"
+		                              : "cluster: the secret must be at least 16 bytes",
+		         "file", n->cluster.secret_file, (const char *)NULL);
+		memset(secret, 0, sizeof(secret));
+		return 1;
+	}
+	tr_cluster_opts o = {n->name, tr_node_id(node), n->cluster.listen,
+	                     (const char *const *)n->cluster.seeds, n->cluster.nseeds, secret, slen,
+	                     (const char *const *)n->labels, n->nlabels, n->cluster.heartbeat_us,
+	                     n->cluster.suspect_after_us, n->cluster.down_after_us, 0, 0, 0};
+	int rc = tr_cluster_start(node, tr_node_threads(node) - 1, &o, out, err, sizeof(err));
+	memset(secret, 0, sizeof(secret));
+	if (rc != TR_OK) {
+		log_json(LOG_ERROR, "cannot start the cluster", "error", err, (const char *)NULL);
+		return 1;
+	}
+	log_json(LOG_INFO, "cluster started", "listen", n->cluster.listen, "#port",
+	         (unsigned long long)tr_cluster_port(*out), "#node_id",
+	         (unsigned long long)tr_node_id(node), (const char *)NULL);
+	return 0;
+}
+
 static int same_str(const char *a, const char *b)
 {
 	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
@@ -282,6 +338,7 @@ static int cmd_run(int argc, char **argv)
 	tr_live *live = NULL;
 	tr_pg *pg = NULL;
 	tr_redis *rd = NULL;
+	tr_cluster *cl = NULL;
 	tr_diag d;
 	int rc, code = 1;
 
@@ -345,6 +402,8 @@ static int cmd_run(int argc, char **argv)
 	}
 	if (o.threads == 0)
 		o.threads = cfg->node.threads;
+	if (cfg->node.cluster.listen != NULL)
+		o.node_id = node_id_of(cfg->node.name);
 
 	/* A peer that closes while we write must cost an EPIPE on that
 	 * connection, not the process (libuv leaves SIGPIPE alone). */
@@ -372,7 +431,7 @@ static int cmd_run(int argc, char **argv)
 		}
 		goto out;
 	}
-	if (start_backends(node, cfg, &pg, &rd) != 0) {
+	if (start_backends(node, cfg, &pg, &rd) != 0 || start_cluster(node, cfg, &cl) != 0) {
 		tr_node_shutdown(node, 1);
 		tr_node_wait(node);
 		goto out;
@@ -390,6 +449,7 @@ static int cmd_run(int argc, char **argv)
 		rc = tr_door_start(node, &dopts, &door, err, sizeof(err));
 		if (rc == TR_OK) {
 			tr_door_set_backends(door, pg, rd);
+			tr_door_set_cluster(door, cl);
 			rc = tr_door_set_config(door, tr_live_config(live), tr_live_gen(live));
 		}
 		else
@@ -449,6 +509,8 @@ static int cmd_run(int argc, char **argv)
 		}
 		log_json(LOG_INFO, "stopping", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
 		         (const char *)NULL);
+		if (cl != NULL)
+			tr_cluster_leave(cl, 500); /* the others mark us "left" at once */
 		break;
 	}
 	if (door != NULL && drain(door, tr_live_config(live), &set) != 0) {
@@ -472,6 +534,7 @@ out:
 	tr_node_free(node);
 	tr_pg_free(pg);
 	tr_redis_free(rd);
+	tr_cluster_free(cl);
 	tr_config_free(cfg);
 	tr_diag_free(&d);
 	free(files);

@@ -25,7 +25,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from tt import check, free_port, summary  # noqa: E402
+from tt import check, free_port, get, summary, wait_for  # noqa: E402
 
 TROUPE, SRC = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 PG_SCRIPT = os.path.join(SRC, "scripts", "pg")
@@ -75,14 +75,6 @@ def start_node(text, name, extra_env):
     return p, port, log.name
 
 
-def get(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", path)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    ct = r.getheader("Content-Type", "")
-    return r.status, json.loads(data) if ct.startswith("application/json") else data
 
 
 def post(port, pipeline, body, timeout=15):
@@ -97,16 +89,6 @@ def post(port, pipeline, body, timeout=15):
         return r.status, data
 
 
-def wait_for(fn, secs):
-    t0 = time.time()
-    while time.time() - t0 < secs:
-        try:
-            if fn():
-                return time.time() - t0
-        except (OSError, ValueError, KeyError, http.client.HTTPException):
-            pass  # not listening yet, or going away
-        time.sleep(0.05)
-    return None
 
 
 def stop(p):

@@ -70,3 +70,32 @@ def ndjson(payload):
     """The events of an NDJSON payload."""
     import json
     return [json.loads(l) for l in payload.decode().splitlines() if l]
+
+
+def get(port, path, timeout=10):
+    """GET path on 127.0.0.1:port: (status, parsed JSON or the text)."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("GET", path)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    ct = r.getheader("Content-Type", "")
+    return r.status, json.loads(data) if ct.startswith("application/json") else data.decode()
+
+
+def wait_for(fn, secs, step=0.05):
+    """Seconds until fn() is true (errors of a node not up yet count as
+    false), or None after secs."""
+    import http.client
+    import time
+    t0 = time.time()
+    while time.time() - t0 < secs:
+        try:
+            if fn():
+                return time.time() - t0
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            pass
+        time.sleep(step)
+    return None

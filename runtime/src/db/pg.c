@@ -44,6 +44,7 @@
 #include <uv.h>
 
 #include "core/alloc.h"
+#include "core/util.h"
 #include "db/pg.h"
 #include "msg/msg_int.h"
 #include "pipe/mp.h"
@@ -215,25 +216,9 @@ static tr_ctx *cx(pstate *ps)
 
 static uint64_t rnd(pstate *ps)
 {
-	/* xorshift64*: only for the backoff jitter. */
-	uint64_t x = ps->rng;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	ps->rng = x;
-	return x * 0x2545F4914F6CDD1DULL;
+	return tr__xorshift(&ps->rng);
 }
 
-static void free_handle_cb(uv_handle_t *h)
-{
-	tr__free(h);
-}
-
-static void close_handle(uv_handle_t *h)
-{
-	if (h != NULL && !uv_is_closing(h))
-		uv_close(h, free_handle_cb);
-}
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -502,7 +487,7 @@ static int bind_fd(pconn *c, int fd)
 		return TR_OK;
 	if (c->poll != NULL) {
 		unpoll(c);
-		close_handle((uv_handle_t *)c->poll);
+		tr__close_handle((uv_handle_t *)c->poll);
 		c->poll = NULL;
 	}
 	uv_poll_t *p = tr__malloc(sizeof(*p));
@@ -548,9 +533,9 @@ static void conn_close(pstate *ps, pconn *c)
 	 * the fd is still open, then PQfinish closes the fd. */
 	if (c->poll != NULL) {
 		unpoll(c);
-		close_handle((uv_handle_t *)c->poll);
+		tr__close_handle((uv_handle_t *)c->poll);
 	}
-	close_handle((uv_handle_t *)c->tmr);
+	tr__close_handle((uv_handle_t *)c->tmr);
 	if (c->res != NULL)
 		PQclear(c->res);
 	if (c->pg != NULL)
@@ -1354,8 +1339,8 @@ static void pool_terminate(tr_ctx *ctx, void *st, int reason)
 		}
 		conn_close(ps, c);
 	}
-	close_handle((uv_handle_t *)ps->backoff_t);
-	close_handle((uv_handle_t *)ps->deadline_t);
+	tr__close_handle((uv_handle_t *)ps->backoff_t);
+	tr__close_handle((uv_handle_t *)ps->deadline_t);
 	ps->backoff_t = ps->deadline_t = NULL;
 	set_up(ps, 0);
 	publish(ps);

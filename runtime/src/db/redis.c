@@ -60,6 +60,7 @@
 #include <msgpack.h>
 
 #include "db/hiredis_uv.h"
+#include "core/util.h"
 #include "db/redis.h"
 #include "msg/msg_int.h"
 #include "pipe/mp.h"
@@ -163,13 +164,7 @@ static void set_error(tr_redis *r, const char *fmt, ...)
 
 static uint64_t xrand(rstate *rs)
 {
-	/* xorshift64*: enough for jitter. */
-	uint64_t x = rs->rng;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	rs->rng = x;
-	return x * 0x2545F4914F6CDD1DULL;
+	return tr__xorshift(&rs->rng);
 }
 
 /* ---- answers ------------------------------------------------------------ */

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cluster/cluster.h"
+#include "core/alloc.h"
 #include "db/pg.h"
 #include "db/redis.h"
 #include "http/door_int.h"
@@ -445,6 +447,70 @@ static int metric_actor(void *ud, unsigned depth, const tr_actor_stats *s, int i
 	return 0;
 }
 
+/* GET /v1/cluster: the membership view, this node first. */
+static const char *const member_states[] = {"?", "alive", "suspect", "down", "left"};
+
+void tr__api_cluster(tr_door *d, door_resp *r)
+{
+	tr_cluster_member *v = NULL;
+	size_t n = 0;
+	json_t *ms = json_array();
+	if (d->cluster != NULL && (v = tr__calloc(TR_CLUSTER_MEMBERS_MAX, sizeof(*v))) != NULL)
+		n = tr_cluster_view(d->cluster, v, TR_CLUSTER_MEMBERS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		json_t *labels = json_array();
+		for (uint32_t k = 0; k < v[i].nlabels; k++)
+			json_array_append_new(labels, json_string(v[i].labels[k]));
+		int st = v[i].state >= 1 && v[i].state <= 4 ? v[i].state : 0;
+		json_array_append_new(ms, json_pack("{s:s,s:I,s:s,s:o,s:s,s:I,s:I,s:f,s:b}",
+		                                    "name", v[i].name, "node_id", (json_int_t)v[i].node_id,
+		                                    "addr", v[i].addr, "labels", labels, "state",
+		                                    member_states[st], "incarnation",
+		                                    (json_int_t)v[i].incarnation, "since_us",
+		                                    (json_int_t)v[i].since_us, "rtt_ms",
+		                                    (double)v[i].rtt_us / 1000.0, "self", v[i].self));
+	}
+	tr__free(v);
+	tr__door_json(r, 200, json_pack("{s:b,s:o}", "clustered", d->cluster != NULL, "members", ms));
+}
+
+static void cluster_metrics(tr_door *d, tr_buf *b)
+{
+	tr_cluster_member *v;
+	size_t n, by[5] = {0, 0, 0, 0, 0};
+	if (d->cluster == NULL || (v = tr__calloc(TR_CLUSTER_MEMBERS_MAX, sizeof(*v))) == NULL)
+		return;
+	n = tr_cluster_view(d->cluster, v, TR_CLUSTER_MEMBERS_MAX);
+	for (size_t i = 0; i < n; i++)
+		by[v[i].state >= 1 && v[i].state <= 4 ? v[i].state : 0]++;
+	tr__free(v);
+	tr__door_printf(b, "# HELP troupe_cluster_members Cluster members, this node included, by state.\n"
+	                   "# TYPE troupe_cluster_members gauge\n");
+	for (int k = 1; k <= 4; k++)
+		tr__door_printf(b, "troupe_cluster_members{state=\"%s\"} %zu\n", member_states[k], by[k]);
+	const tr_cluster_stats *s = tr_cluster_stats_of(d->cluster);
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} cs[] = {
+#define C(f, h) {"troupe_cluster_" #f "_total", h, offsetof(tr_cluster_stats, f)}
+		C(frames_in, "Cluster frames received."), C(frames_out, "Cluster frames sent."),
+		C(bytes_in, "Cluster bytes received."), C(bytes_out, "Cluster bytes sent."),
+		C(bad_frames, "Frames dropped: malformed, wrong version, unknown type or oversized."),
+		C(refused, "Links refused at the handshake (wrong secret, version, duplicate name)."),
+		C(links_up, "Links authenticated."), C(links_down, "Links closed."),
+		C(suspected, "Members suspected."), C(declared_down, "Members declared down."),
+		C(rejoined, "Members that came back."),
+#undef C
+	};
+	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++)
+		tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
+		                cs[i].name, cs[i].name,
+		                (unsigned long long)atomic_load_explicit(
+		                    (const atomic_uint_fast64_t *)((const char *)s + cs[i].off),
+		                    memory_order_relaxed));
+}
+
 /* The node's PostgreSQL pool and Redis client, when configured. */
 static void backend_metrics(tr_door *d, tr_buf *b)
 {
@@ -660,6 +726,7 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	       "# TYPE troupe_http_inflight gauge\ntroupe_http_inflight %llu\n",
 	    (unsigned long long)tr_door_inflight(d));
 	backend_metrics(d, b);
+	cluster_metrics(d, b);
 	if (ext_metrics != NULL)
 		(void)ext_metrics(d->node, b);
 	tr__door_conf_put(c);

@@ -99,7 +99,7 @@ struct dstate {
 
 const char *const tr__door_route_names[R__N] = {
 	"/", "/health", "/ready", "/metrics", "/v1/actors", "/v1/pipelines",
-	"/v1/pipelines/{name}", "/v1/traces", "/v1/events", "other"};
+	"/v1/pipelines/{name}", "/v1/traces", "/v1/events", "/v1/cluster", "other"};
 const int tr__door_statuses[DOOR_NSTATUS] = {200, 400, 401, 403, 404, 405, 408, 411, 413,
                                              415, 422, 429, 431, 500, 502, 503, 504, 505};
 
@@ -1097,6 +1097,7 @@ static void handle_request(conn *c)
 		{"/ready", R_READY, tr__api_ready},       {"/metrics", R_METRICS, tr__api_metrics},
 		{"/v1/actors", R_ACTORS, tr__api_actors}, {"/v1/pipelines", R_PIPELINES, tr__api_pipelines},
 		{"/v1/traces", R_TRACES, tr__api_traces},  {"/v1/events", R_EVENTS, tr__api_events},
+		{"/v1/cluster", R_CLUSTER, tr__api_cluster},
 	};
 
 	while (plen < ulen && u[plen] != '?' && u[plen] != '#')
@@ -1775,6 +1776,11 @@ void tr_door_set_backends(tr_door *d, const struct tr_pg *pg, const struct tr_re
 {
 	d->pg = pg;
 	d->redis = redis;
+}
+
+void tr_door_set_cluster(tr_door *d, const struct tr_cluster *c)
+{
+	d->cluster = c;
 }
 
 void tr_door_drain(tr_door *d)

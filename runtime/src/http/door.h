@@ -56,6 +56,10 @@ int tr_door_set_config(tr_door *d, const tr_config *cfg, unsigned gen);
 struct tr_pg;
 struct tr_redis;
 void tr_door_set_backends(tr_door *d, const struct tr_pg *pg, const struct tr_redis *redis);
+/* The node's cluster membership, for GET /v1/cluster and /metrics (NULL:
+ * not clustered). Call before the first request; it must outlive the door. */
+struct tr_cluster;
+void tr_door_set_cluster(tr_door *d, const struct tr_cluster *c);
 /* Graceful stop, step 1: close the listeners, close idle connections,
  * answer what is in flight with "Connection: close". Asynchronous. */
 void tr_door_drain(tr_door *d);

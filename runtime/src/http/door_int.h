@@ -17,7 +17,7 @@
 /* Routes, for the request counters (/metrics). */
 enum {
 	R_ROOT, R_HEALTH, R_READY, R_METRICS, R_ACTORS, R_PIPELINES, R_RUN, R_TRACES, R_EVENTS,
-	R_OTHER,
+	R_CLUSTER, R_OTHER,
 	R__N
 };
 extern const char *const tr__door_route_names[R__N];
@@ -83,6 +83,7 @@ struct tr_door {
 	 * /metrics; set before serving, read-only after. Borrowed. */
 	const struct tr_pg *pg;
 	const struct tr_redis *redis;
+	const struct tr_cluster *cluster; /* NULL: not clustered */
 };
 
 door_conf *tr__door_conf_get(tr_door *d);
@@ -116,6 +117,7 @@ void tr__api_actors(tr_door *d, door_resp *r);
 void tr__api_pipelines(tr_door *d, door_resp *r);
 void tr__api_traces(tr_door *d, door_resp *r);
 void tr__api_events(tr_door *d, door_resp *r);
+void tr__api_cluster(tr_door *d, door_resp *r);
 void tr__api_status_page(tr_door *d, door_resp *r);
 /* Records one completed run for /v1/traces (takes t->answer's reference). */
 void tr__door_trace_add(tr_door *d, const door_trace *t);

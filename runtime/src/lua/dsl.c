@@ -966,11 +966,62 @@ static void check_actor_ref(fctx *f, const char *k, const char *name)
 #define MS_US 1000ull
 #define HOUR_US 3600000000ull
 
+static void build_names(fctx *f, int t, const char *key, char ***out, size_t *n);
+
+/* An nng TCP URL: "tcp://host:port" with a numeric port. */
+static int tcp_url_ok(const char *u)
+{
+	const char *c = strrchr(u, ':');
+	char *end = NULL;
+	long port = c ? strtol(c + 1, &end, 10) : -1;
+	return strncmp(u, "tcp://", 6) == 0 && c != NULL && c > u + 6 && end != c + 1 &&
+	       *end == '\0' && port >= 0 && port <= 65535;
+}
+
+/* node { cluster = { listen = ..., seeds = {...}, secret_file = ..., heartbeat, suspect_after, down_after } } */
+static void build_cluster(fctx *f, int o, tr_node_spec *n)
+{
+	static const char *const keys[] = {"listen", "seeds", "secret_file", "heartbeat",
+	                                   "suspect_after", "down_after"};
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, o, "cluster"), t = lua_gettop(L);
+	fctx fc;
+	if (ty == LUA_TNIL)
+		goto out;
+	subwho(&fc, f, ": cluster");
+	if (ty != LUA_TTABLE) {
+		diag(f->v, f->w, "%s: expected a table like { listen = \"tcp://127.0.0.1:7101\", seeds = "
+		     "{ ... }, secret_file = \"...\" }, got %s", fc.who, got(L, t, b, sizeof(b)));
+		goto out;
+	}
+	check_keys(&fc, t, keys, sizeof(keys) / sizeof(keys[0]), 0, NULL);
+	if (!want_str(&fc, t, "listen", &n->cluster.listen) || n->cluster.listen == NULL)
+		diag(f->v, f->w, "%s: listen is required (\"tcp://127.0.0.1:7101\")", fc.who);
+	else if (!tcp_url_ok(n->cluster.listen))
+		diag(f->v, f->w, "%s: listen: expected \"tcp://host:port\", got '%s'", fc.who,
+		     n->cluster.listen);
+	build_names(&fc, t, "seeds", &n->cluster.seeds, &n->cluster.nseeds);
+	for (size_t i = 0; i < n->cluster.nseeds; i++)
+		if (!tcp_url_ok(n->cluster.seeds[i]))
+			diag(f->v, f->w, "%s: seeds: element %zu: expected \"tcp://host:port\", got '%s'",
+			     fc.who, i + 1, n->cluster.seeds[i]);
+	want_str(&fc, t, "secret_file", &n->cluster.secret_file);
+	want_dur_in(&fc, t, "heartbeat", MS_US, HOUR_US, "1ms", "1h", &n->cluster.heartbeat_us);
+	want_dur_in(&fc, t, "suspect_after", MS_US, HOUR_US, "1ms", "1h", &n->cluster.suspect_after_us);
+	want_dur_in(&fc, t, "down_after", MS_US, HOUR_US, "1ms", "1h", &n->cluster.down_after_us);
+	if (n->cluster.suspect_after_us && n->cluster.down_after_us &&
+	    n->cluster.down_after_us <= n->cluster.suspect_after_us)
+		diag(f->v, f->w, "%s: down_after must be longer than suspect_after", fc.who);
+out:
+	lua_pop(L, 1);
+}
+
 static void build_node(vctx *v, int d, where w, int *seen, where *first)
 {
 	static const char *const keys[] = {"name", "http", "threads", "max_body", "max_header",
 	                                   "max_connections", "header_timeout", "idle_timeout",
-	                                   "grace"};
+	                                   "grace", "labels", "cluster"};
 	uint64_t hdr = 0;
 	lua_State *L = v->L;
 	tr_node_spec *n = &v->c->node;
@@ -1012,6 +1063,8 @@ static void build_node(vctx *v, int d, where w, int *seen, where *first)
 	want_dur_in(&f, o, "header_timeout", MS_US, HOUR_US, "1ms", "1h", &n->header_timeout_us);
 	want_dur_in(&f, o, "idle_timeout", MS_US, 24 * HOUR_US, "1ms", "24h", &n->idle_timeout_us);
 	want_dur_in(&f, o, "grace", MS_US, HOUR_US, "1ms", "1h", &n->grace_us);
+	build_names(&f, o, "labels", &n->labels, &n->nlabels);
+	build_cluster(&f, o, n);
 	lua_pop(L, 1);
 }
 
@@ -1782,7 +1835,6 @@ out:
 	lua_pop(L, 1);
 }
 
-static void build_names(fctx *f, int t, const char *key, char ***out, size_t *n);
 
 /* An SQL tool's params (the args filling $1, $2, ...): each an arg of
  * the tool, every arg used once, none a table. */

@@ -103,6 +103,14 @@ void tr_config_free(tr_config *c)
 	tr__free(c->redis.prefix);
 	tr__free(c->node.name);
 	tr__free(c->node.http);
+	for (size_t i = 0; i < c->node.nlabels; i++)
+		tr__free(c->node.labels[i]);
+	tr__free(c->node.labels);
+	tr__free(c->node.cluster.listen);
+	for (size_t i = 0; i < c->node.cluster.nseeds; i++)
+		tr__free(c->node.cluster.seeds[i]);
+	tr__free(c->node.cluster.seeds);
+	tr__free(c->node.cluster.secret_file);
 	for (size_t i = 0; i < c->nfiles; i++)
 		tr__free(c->files[i]);
 	tr__free(c->files);

@@ -187,6 +187,17 @@ typedef struct tr_node_spec {
 	uint64_t header_timeout_us; /* to receive one whole request; default 10 s */
 	uint64_t idle_timeout_us;   /* keep-alive idle; default 60 s */
 	uint64_t grace_us;          /* SIGTERM: time in-flight runs get; default 10 s */
+	/* node { labels = {...} }: for placement (owned; NULL = none) */
+	char **labels;
+	size_t nlabels;
+	/* node { cluster = { ... } } (cluster/cluster.h); listen NULL = no cluster */
+	struct {
+		char *listen;           /* "tcp://host:port" */
+		char **seeds;           /* owned */
+		size_t nseeds;
+		char *secret_file;      /* file holding the cluster secret */
+		uint64_t heartbeat_us, suspect_after_us, down_after_us; /* 0 = defaults */
+	} cluster;
 } tr_node_spec;
 
 /* tenant "acme" { keys = {...}, rate = "50/s", burst = 100 } */

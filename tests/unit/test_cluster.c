@@ -1,0 +1,673 @@
+/*
+ * test_cluster.c -- the cluster actor (cluster/cluster.h): nodes in one
+ * process, each its own tr_node with its own cluster actor on loopback
+ * TCP, with short timings (heartbeat 100 ms, suspect 300 ms, down 600 ms).
+ *
+ * Checked: option errors; three nodes form a cluster, the third learning
+ * the second through the first (gossip), with names, ids, addresses and
+ * labels in every view; a node that stops without leaving is suspect and
+ * then down on both others within down_after plus a margin (the time is
+ * printed), and the same name started again rejoins as alive with a new
+ * incarnation; a node that leaves first is "left" at once and never
+ * "down"; a node with the wrong secret is refused, seen by nobody and
+ * sees nobody; hostile bytes on the cluster port (random bytes, a huge
+ * length, non-msgpack, another version, oversized) are dropped and
+ * counted while the views stay intact; a node that ignores one peer's
+ * PINGs is kept alive by a third member's indirect probe, and is declared
+ * down when no third member can vouch for it.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <troupe/troupe.h>
+
+#include "cluster/cluster.h"
+#include "tt.h"
+#include "tnode.h"
+
+#define HB_US 100000u
+#define SUSPECT_US 300000u
+#define DOWN_US 600000u
+#define MAX_FRAME (64u * 1024u)
+
+static const unsigned char secret[] = "a cluster secret for the tests";
+static const unsigned char wrong_secret[] = "not the cluster secret, at all";
+
+typedef struct cnode {
+	tr_node *n;
+	tr_cluster *c;
+	char url[64];
+	char name[16];
+	uint32_t id;
+} cnode;
+
+static const char *const labels_a[] = {"zone-a", "gpu"};
+static const char *const labels_b[] = {"zone-b"};
+
+/* Starts node `id` named `name`; seeds with `seed` (NULL: none). */
+static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed,
+                    const unsigned char *sec, uint64_t hb_us)
+{
+	tr_node_opts no = {0};
+	char err[256];
+	const char *seeds[1] = {seed};
+	memset(cn, 0, sizeof(*cn));
+	snprintf(cn->name, sizeof(cn->name), "%s", name);
+	cn->id = id;
+	no.threads = 1;
+	no.node_id = id;
+	if (tr_node_new(&no, &cn->n) != TR_OK || tr_node_start(cn->n) != TR_OK)
+		return -1;
+	tr_cluster_opts o = {0};
+	o.name = name;
+	o.node_id = id;
+	o.listen = "tcp://127.0.0.1:0";
+	o.seeds = seeds;
+	o.nseeds = seed != NULL ? 1 : 0;
+	o.secret = sec;
+	o.secret_len = sizeof(secret) - 1;
+	o.labels = id % 2 ? labels_a : labels_b;
+	o.nlabels = id % 2 ? 2 : 1;
+	o.heartbeat_us = hb_us;
+	o.suspect_after_us = SUSPECT_US;
+	o.down_after_us = DOWN_US;
+	o.handshake_us = 1000000u;
+	o.max_frame = MAX_FRAME;
+	int rc = tr_cluster_start(cn->n, 0, &o, &cn->c, err, sizeof(err));
+	if (rc != TR_OK) {
+		fprintf(stderr, "  tr_cluster_start(%s): %s: %s\n", name, tr_err_name(rc), err);
+		return -1;
+	}
+	snprintf(cn->url, sizeof(cn->url), "tcp://127.0.0.1:%d", tr_cluster_port(cn->c));
+	return 0;
+}
+
+static void cn_stop(cnode *cn)
+{
+	if (cn->n == NULL)
+		return;
+	tr_node_shutdown(cn->n, 0);
+	tr_node_wait(cn->n);
+	tr_node_free(cn->n);
+	tr_cluster_free(cn->c);
+	cn->n = NULL;
+	cn->c = NULL;
+}
+
+static tr_cluster_member view_buf[TR_CLUSTER_MEMBERS_MAX];
+
+/* State of `name` in c's view (0: absent); *out gets the entry. */
+static int state_of(const tr_cluster *c, const char *name, tr_cluster_member *out)
+{
+	tr_cluster_member v[TR_CLUSTER_MEMBERS_MAX];
+	size_t n = tr_cluster_view(c, v, TR_CLUSTER_MEMBERS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(v[i].name, name) == 0) {
+			if (out != NULL)
+				*out = v[i];
+			return v[i].state;
+		}
+	}
+	return 0;
+}
+
+static uint64_t cstat(const tr_cluster *c, size_t off)
+{
+	const char *s = (const char *)tr_cluster_stats_of(c);
+	return atomic_load((const atomic_uint_fast64_t *)(s + off));
+}
+#define ST(c, f) cstat((c), offsetof(tr_cluster_stats, f))
+
+struct want {
+	cnode *nodes;
+	int n;
+	const char *name;
+	int state;
+};
+
+/* Every node in w->nodes sees w->name in w->state. */
+static int all_see_(void *ud)
+{
+	struct want *w = ud;
+	for (int i = 0; i < w->n; i++)
+		if (state_of(w->nodes[i].c, w->name, NULL) != w->state)
+			return 0;
+	return 1;
+}
+
+static int all_see(cnode *nodes, int n, const char *name, int state, unsigned ms)
+{
+	struct want w = {nodes, n, name, state};
+	return tn_wait(all_see_, &w, ms);
+}
+
+/* Every node sees every node alive. */
+static int converged_(void *ud)
+{
+	struct want *w = ud;
+	for (int i = 0; i < w->n; i++)
+		for (int k = 0; k < w->n; k++)
+			if (state_of(w->nodes[i].c, w->nodes[k].name, NULL) != TR_MEMBER_ALIVE)
+				return 0;
+	return 1;
+}
+
+static int converge(cnode *nodes, int n, unsigned ms)
+{
+	struct want w = {nodes, n, NULL, 0};
+	return tn_wait(converged_, &w, ms);
+}
+
+/* Every node has a link to every other: pings went both ways (rtt). */
+static int mesh_(void *ud)
+{
+	struct want *w = ud;
+	for (int i = 0; i < w->n; i++) {
+		for (int k = 0; k < w->n; k++) {
+			tr_cluster_member m;
+			if (state_of(w->nodes[i].c, w->nodes[k].name, &m) != TR_MEMBER_ALIVE ||
+			    (i != k && m.rtt_us == 0))
+				return 0;
+		}
+	}
+	return 1;
+}
+
+static int mesh(cnode *nodes, int n, unsigned ms)
+{
+	struct want w = {nodes, n, NULL, 0};
+	return tn_wait(mesh_, &w, ms);
+}
+
+static double ms_since(uint64_t t0)
+{
+	return (double)(tr_now_ns() - t0) / 1e6;
+}
+
+/* ---- option errors ----------------------------------------------------------- */
+
+TT_TEST(start_errors)
+{
+	tr_node_opts no = {0};
+	tr_node *n = NULL;
+	tr_cluster *c = NULL;
+	char err[256];
+	no.threads = 1;
+	TT_OK(tr_node_new(&no, &n));
+	TT_OK(tr_node_start(n));
+	tr_cluster_opts o = {0};
+	o.name = "e1";
+	o.node_id = 1;
+	o.listen = "tcp://127.0.0.1:0";
+	/* No secret without allow_insecure. */
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	TT_ASSERT(strstr(err, "secret") != NULL);
+	o.secret = secret;
+	o.secret_len = sizeof(secret) - 1;
+	o.listen = "nonsense";
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	o.listen = "bogus://127.0.0.1:0";
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	o.listen = "tcp://127.0.0.1:0";
+	o.name = "";
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	o.name = "e1";
+	TT_OK(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)));
+	TT_ASSERT(tr_cluster_port(c) > 0);
+	/* A second one: the name is taken. */
+	tr_cluster *c2 = NULL;
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", tr_cluster_port(c));
+	o.listen = url;
+	int rc = tr_cluster_start(n, 0, &o, &c2, err, sizeof(err));
+	TT_ASSERT(rc == TR_EIO || rc == TR_EEXIST);
+	/* Insecure, allowed for tests. */
+	tr_node *n2 = NULL;
+	no.node_id = 2;
+	TT_OK(tr_node_new(&no, &n2));
+	TT_OK(tr_node_start(n2));
+	o.listen = url; /* in use */
+	o.name = "e2";
+	o.node_id = 2;
+	TT_RC(tr_cluster_start(n2, 0, &o, &c2, err, sizeof(err)), TR_EIO);
+	fprintf(stderr, "  port in use: %s\n", err);
+	o.listen = "tcp://127.0.0.1:0";
+	o.secret = NULL;
+	o.secret_len = 0;
+	o.allow_insecure = 1;
+	TT_OK(tr_cluster_start(n2, 0, &o, &c2, err, sizeof(err)));
+	tr_node_shutdown(n2, 0);
+	tr_node_wait(n2);
+	tr_node_free(n2);
+	tr_cluster_free(c2);
+	tr_node_shutdown(n, 0);
+	tr_node_wait(n);
+	tr_node_free(n);
+	tr_cluster_free(c);
+}
+
+/* ---- forming, views --------------------------------------------------------- */
+
+static int form3(cnode *nd)
+{
+	if (cn_start(&nd[0], "n1", 1, NULL, secret, HB_US) != 0 ||
+	    cn_start(&nd[1], "n2", 2, nd[0].url, secret, HB_US) != 0 ||
+	    cn_start(&nd[2], "n3", 3, nd[0].url, secret, HB_US) != 0)
+		return -1;
+	return converge(nd, 3, 5000) ? 0 : -1;
+}
+
+TT_TEST(form_and_view)
+{
+	cnode nd[3];
+	uint64_t t0 = tr_now_ns();
+	TT_ASSERT(form3(nd) == 0);
+	fprintf(stderr, "  3 nodes alive everywhere after %.0f ms\n", ms_since(t0));
+	for (int i = 0; i < 3; i++) {
+		size_t n = tr_cluster_view(nd[i].c, view_buf, TR_CLUSTER_MEMBERS_MAX);
+		TT_EQ(n, 3);
+		TT_ASSERT(view_buf[0].self);
+		TT_STREQ(view_buf[0].name, nd[i].name);
+		for (size_t k = 1; k < n; k++)
+			TT_ASSERT(!view_buf[k].self);
+		for (int k = 0; k < 3; k++) {
+			tr_cluster_member m;
+			TT_EQ(state_of(nd[i].c, nd[k].name, &m), TR_MEMBER_ALIVE);
+			TT_EQ(m.node_id, nd[k].id);
+			TT_STREQ(m.addr, nd[k].url);
+			TT_EQ(m.nlabels, nd[k].id % 2 ? 2 : 1);
+			TT_STREQ(m.labels[0], nd[k].id % 2 ? "zone-a" : "zone-b");
+			if (nd[k].id % 2)
+				TT_STREQ(m.labels[1], "gpu");
+			TT_ASSERT(m.incarnation > 0);
+			TT_ASSERT(m.since_us > 0);
+		}
+		const tr_cluster_stats *s = tr_cluster_stats_of(nd[i].c);
+		TT_EQ(atomic_load(&s->alive), 3);
+	}
+	/* n3 knows n2 only through n1's gossip, yet dials it: wait for pings
+	 * both ways on every pair (rtt > 0). */
+	t0 = tr_now_ns();
+	TT_ASSERT(mesh(nd, 3, 3000));
+	fprintf(stderr, "  full mesh of links after %.0f ms more\n", ms_since(t0));
+	for (int i = 0; i < 3; i++) {
+		TT_EQ(ST(nd[i].c, refused), 0); /* the duplicate links were not "refused" */
+		TT_EQ(ST(nd[i].c, bad_frames), 0);
+		TT_ASSERT(ST(nd[i].c, links_up) >= 2);
+		TT_ASSERT(ST(nd[i].c, frames_in) > 0 && ST(nd[i].c, frames_out) > 0);
+		TT_ASSERT(ST(nd[i].c, bytes_in) > 0 && ST(nd[i].c, bytes_out) > 0);
+		TT_EQ(ST(nd[i].c, declared_down), 0);
+	}
+	for (int i = 2; i >= 0; i--)
+		cn_stop(&nd[i]);
+}
+
+/* ---- failure, rejoin, leave --------------------------------------------------- */
+
+struct saw {
+	cnode *nd;
+	int n;
+	const char *name;
+	int seen_suspect[4];
+};
+
+/* Waits until all see `name` down, noting who saw it suspect first. */
+static int down_seen_(void *ud)
+{
+	struct saw *s = ud;
+	int all = 1;
+	for (int i = 0; i < s->n; i++) {
+		int st = state_of(s->nd[i].c, s->name, NULL);
+		if (st == TR_MEMBER_SUSPECT)
+			s->seen_suspect[i] = 1;
+		if (st != TR_MEMBER_DOWN)
+			all = 0;
+	}
+	return all;
+}
+
+TT_TEST(down_then_rejoin)
+{
+	cnode nd[3];
+	tr_cluster_member old, now;
+	TT_ASSERT(form3(nd) == 0);
+	TT_ASSERT(mesh(nd, 3, 3000)); /* both see the link to n3 close */
+	TT_EQ(state_of(nd[0].c, "n3", &old), TR_MEMBER_ALIVE);
+	uint64_t susp0 = ST(nd[0].c, suspected), susp1 = ST(nd[1].c, suspected);
+
+	uint64_t t0 = tr_now_ns();
+	cn_stop(&nd[2]); /* no leave */
+	struct saw s = {nd, 2, "n3", {0}};
+	int ok = tn_wait(down_seen_, &s, DOWN_US / 1000 + 2000);
+	double dt = ms_since(t0);
+	fprintf(stderr, "  n3 stopped: down on n1 and n2 after %.0f ms (down_after %u ms)\n", dt,
+	        DOWN_US / 1000);
+	TT_ASSERT(ok);
+	TT_ASSERT(dt <= DOWN_US / 1000.0 + 1000.0);
+	TT_ASSERT(dt >= DOWN_US / 1000.0 * 0.9);
+	TT_ASSERT(ST(nd[0].c, suspected) > susp0 && ST(nd[1].c, suspected) > susp1);
+	TT_ASSERT(ST(nd[0].c, declared_down) >= 1 && ST(nd[1].c, declared_down) >= 1);
+	TT_EQ(atomic_load(&tr_cluster_stats_of(nd[0].c)->alive), 2);
+	/* The survivors still see each other. */
+	TT_EQ(state_of(nd[0].c, "n2", NULL), TR_MEMBER_ALIVE);
+	TT_EQ(state_of(nd[1].c, "n1", NULL), TR_MEMBER_ALIVE);
+
+	/* The same name again: a new incarnation, alive everywhere. */
+	uint64_t rj0 = ST(nd[0].c, rejoined), rj1 = ST(nd[1].c, rejoined);
+	t0 = tr_now_ns();
+	TT_ASSERT(cn_start(&nd[2], "n3", 3, nd[0].url, secret, HB_US) == 0);
+	TT_ASSERT(converge(nd, 3, 5000));
+	fprintf(stderr, "  n3 rejoined everywhere after %.0f ms\n", ms_since(t0));
+	TT_EQ(state_of(nd[1].c, "n3", &now), TR_MEMBER_ALIVE);
+	TT_ASSERT(now.incarnation > old.incarnation);
+	TT_STREQ(now.addr, nd[2].url);
+	TT_ASSERT(ST(nd[0].c, rejoined) > rj0 && ST(nd[1].c, rejoined) > rj1);
+	for (int i = 2; i >= 0; i--)
+		cn_stop(&nd[i]);
+}
+
+TT_TEST(leave)
+{
+	cnode nd[3];
+	TT_ASSERT(form3(nd) == 0);
+	TT_ASSERT(mesh(nd, 3, 3000));
+	uint64_t t0 = tr_now_ns();
+	tr_cluster_leave(nd[2].c, 1000);
+	double dl = ms_since(t0);
+	/* LEAVE_ACKs came back before leave returned: "left" already. */
+	TT_EQ(state_of(nd[0].c, "n3", NULL), TR_MEMBER_LEFT);
+	TT_EQ(state_of(nd[1].c, "n3", NULL), TR_MEMBER_LEFT);
+	fprintf(stderr, "  leave took %.1f ms; left on n1 and n2 at once\n", dl);
+	TT_ASSERT(dl < 500.0);
+	cn_stop(&nd[2]);
+	/* Past down_after: still left, never down. */
+	tn_sleep_ms(DOWN_US / 1000 + 400);
+	for (int i = 0; i < 2; i++) {
+		TT_EQ(state_of(nd[i].c, "n3", NULL), TR_MEMBER_LEFT);
+		TT_EQ(ST(nd[i].c, declared_down), 0);
+		TT_EQ(atomic_load(&tr_cluster_stats_of(nd[i].c)->alive), 2);
+	}
+	/* A left node that comes back rejoins. */
+	TT_ASSERT(cn_start(&nd[2], "n3", 3, nd[1].url, secret, HB_US) == 0);
+	TT_ASSERT(converge(nd, 3, 5000));
+	for (int i = 2; i >= 0; i--)
+		cn_stop(&nd[i]);
+}
+
+/* ---- authentication -------------------------------------------------------- */
+
+TT_TEST(wrong_secret)
+{
+	cnode nd[2], w;
+	TT_ASSERT(cn_start(&nd[0], "n1", 1, NULL, secret, HB_US) == 0);
+	TT_ASSERT(cn_start(&nd[1], "n2", 2, nd[0].url, secret, HB_US) == 0);
+	TT_ASSERT(converge(nd, 2, 5000));
+	TT_ASSERT(cn_start(&w, "intruder", 9, nd[0].url, wrong_secret, HB_US) == 0);
+	/* nng redials: refused again and again. */
+	uint64_t t0 = tr_now_ns();
+	while (ST(nd[0].c, refused) < 2 && ms_since(t0) < 5000)
+		tn_sleep_ms(5);
+	fprintf(stderr, "  refused on n1: %llu (intruder: %llu) after %.0f ms\n",
+	        (unsigned long long)ST(nd[0].c, refused), (unsigned long long)ST(w.c, refused),
+	        ms_since(t0));
+	TT_ASSERT(ST(nd[0].c, refused) >= 2);
+	tn_sleep_ms(500);
+	TT_EQ(state_of(nd[0].c, "intruder", NULL), 0);
+	TT_EQ(state_of(nd[1].c, "intruder", NULL), 0);
+	TT_EQ(tr_cluster_view(w.c, view_buf, TR_CLUSTER_MEMBERS_MAX), 1);
+	TT_ASSERT(view_buf[0].self);
+	TT_EQ(state_of(w.c, "n1", NULL), 0);
+	TT_EQ(state_of(w.c, "n2", NULL), 0);
+	TT_EQ(tr_cluster_view(nd[0].c, view_buf, TR_CLUSTER_MEMBERS_MAX), 2);
+	TT_EQ(state_of(nd[0].c, "n2", NULL), TR_MEMBER_ALIVE);
+	cn_stop(&w);
+	cn_stop(&nd[1]);
+	cn_stop(&nd[0]);
+}
+
+/* ---- hostile bytes ----------------------------------------------------------- */
+
+static int raw_connect(int port)
+{
+	struct sockaddr_in sa;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	while (n > 0) {
+		ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+		if (w <= 0)
+			return -1;
+		b += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Sends `n` bytes, reads what comes back for a while (so our close does
+ * not reset the connection before nng read them), closes. */
+static void raw_send(int port, const void *p, size_t n)
+{
+	int fd = raw_connect(port);
+	if (fd < 0)
+		return;
+	(void)write_all(fd, p, n);
+	uint64_t until = tr_now_ns() + 300000000u;
+	while (tr_now_ns() < until) {
+		struct pollfd pfd = {fd, POLLIN, 0};
+		char junk[4096];
+		if (poll(&pfd, 1, 20) > 0 && recv(fd, junk, sizeof(junk), 0) <= 0)
+			break; /* nng closed it */
+	}
+	close(fd);
+}
+
+static const unsigned char sp_header[8] = {0x00, 'S', 'P', 0x00, 0x00, 0x11, 0x00, 0x00};
+
+/* SP header + one pair1 message: 8-byte length, 4-byte hop count, body. */
+static size_t sp_frame(unsigned char *out, const void *body, size_t blen, uint64_t claimed)
+{
+	size_t k = 0;
+	uint64_t len = claimed ? claimed : blen + 4;
+	memcpy(out, sp_header, 8);
+	k = 8;
+	for (int i = 7; i >= 0; i--)
+		out[k++] = (unsigned char)(len >> (8 * i));
+	out[k++] = 0, out[k++] = 0, out[k++] = 0, out[k++] = 1;
+	memcpy(out + k, body, blen);
+	return k + blen;
+}
+
+static size_t pack_map_vt(unsigned char *out, uint64_t v, uint64_t t)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 3);
+	msgpack_pack_str(&pk, 1);
+	msgpack_pack_str_body(&pk, "v", 1);
+	msgpack_pack_uint64(&pk, v);
+	msgpack_pack_str(&pk, 1);
+	msgpack_pack_str_body(&pk, "t", 1);
+	msgpack_pack_uint64(&pk, t);
+	msgpack_pack_str(&pk, 4);
+	msgpack_pack_str_body(&pk, "name", 4);
+	msgpack_pack_str(&pk, 3);
+	msgpack_pack_str_body(&pk, "evl", 3);
+	memcpy(out, sb.data, sb.size);
+	size_t n = sb.size;
+	msgpack_sbuffer_destroy(&sb);
+	return n;
+}
+
+struct grow {
+	const tr_cluster *c;
+	uint64_t from;
+};
+
+static int bad_grew_(void *ud)
+{
+	struct grow *g = ud;
+	return ST(g->c, bad_frames) > g->from;
+}
+
+static int bad_grows(const tr_cluster *c, uint64_t from)
+{
+	struct grow g = {c, from};
+	return tn_wait(bad_grew_, &g, 3000);
+}
+
+TT_TEST(garbage)
+{
+	cnode nd[2];
+	static unsigned char buf[200000];
+	unsigned char body[64];
+	TT_ASSERT(cn_start(&nd[0], "n1", 1, NULL, secret, HB_US) == 0);
+	TT_ASSERT(cn_start(&nd[1], "n2", 2, nd[0].url, secret, HB_US) == 0);
+	TT_ASSERT(converge(nd, 2, 5000));
+	int port = tr_cluster_port(nd[0].c);
+	const tr_cluster *c = nd[0].c;
+	uint64_t b;
+
+	/* Random bytes: not an SP handshake, nng drops the connection. */
+	srand(7);
+	for (size_t i = 0; i < 4096; i++)
+		buf[i] = (unsigned char)rand();
+	raw_send(port, buf, 4096);
+
+	/* A huge length prefix after a valid SP header. */
+	b = ST(c, bad_frames);
+	size_t n = sp_frame(buf, "", 0, 0x7fffffffffffffffull);
+	raw_send(port, buf, n);
+	TT_ASSERT(bad_grows(c, b));
+
+	/* A valid SP header and framing, then not msgpack. */
+	b = ST(c, bad_frames);
+	memcpy(body, "\xc1\xc1\xc1 not msgpack at all", 22);
+	n = sp_frame(buf, body, 22, 0);
+	raw_send(port, buf, n);
+	TT_ASSERT(bad_grows(c, b));
+
+	/* Truncated msgpack (a map that promises more). */
+	b = ST(c, bad_frames);
+	memcpy(body, "\x85\xa1v\x01", 4);
+	n = sp_frame(buf, body, 4, 0);
+	raw_send(port, buf, n);
+	TT_ASSERT(bad_grows(c, b));
+
+	/* Well-formed, another version. */
+	b = ST(c, bad_frames);
+	uint64_t r = ST(c, refused);
+	size_t bl = pack_map_vt(body, 2, 1);
+	n = sp_frame(buf, body, bl, 0);
+	raw_send(port, buf, n);
+	TT_ASSERT(bad_grows(c, b));
+	TT_ASSERT(ST(c, refused) > r);
+
+	/* Well-formed, right version, unknown type. */
+	b = ST(c, bad_frames);
+	bl = pack_map_vt(body, 1, 77);
+	n = sp_frame(buf, body, bl, 0);
+	raw_send(port, buf, n);
+	TT_ASSERT(bad_grows(c, b));
+
+	/* Oversized: over max_frame (nng's NNG_OPT_RECVMAXSZ). */
+	b = ST(c, bad_frames);
+	memset(buf + 100000, 0, 90000);
+	n = sp_frame(buf, buf + 100000, 90000, 2 * MAX_FRAME + 4);
+	raw_send(port, buf, n);
+	TT_ASSERT(bad_grows(c, b));
+	fprintf(stderr, "  bad_frames on n1: %llu, refused: %llu\n",
+	        (unsigned long long)ST(c, bad_frames), (unsigned long long)ST(c, refused));
+
+	/* Nothing of it joined, and the cluster is intact. */
+	tn_sleep_ms(300);
+	TT_EQ(tr_cluster_view(nd[0].c, view_buf, TR_CLUSTER_MEMBERS_MAX), 2);
+	TT_EQ(state_of(nd[0].c, "n2", NULL), TR_MEMBER_ALIVE);
+	TT_EQ(state_of(nd[1].c, "n1", NULL), TR_MEMBER_ALIVE);
+	TT_EQ(state_of(nd[0].c, "evl", NULL), 0);
+	/* ...and still takes members. */
+	cnode n3;
+	TT_ASSERT(cn_start(&n3, "n3", 3, nd[0].url, secret, HB_US) == 0);
+	cnode all[3] = {nd[0], nd[1], n3};
+	TT_ASSERT(converge(all, 3, 5000));
+	cn_stop(&n3);
+	cn_stop(&nd[1]);
+	cn_stop(&nd[0]);
+}
+
+/* ---- indirect probes ---------------------------------------------------------- */
+
+TT_TEST(indirect_probe)
+{
+	cnode nd[3];
+	TT_ASSERT(form3(nd) == 0);
+	uint64_t susp0 = ST(nd[0].c, suspected);
+	uint64_t conf0 = tr__cluster_test_confirmations(nd[0].c);
+	/* n2 stops answering n1's PINGs (only n1's). */
+	tr__cluster_test_ignore_pings(nd[1].c, nd[0].id);
+	uint64_t t0 = tr_now_ns();
+	int worst = TR_MEMBER_ALIVE;
+	while (ms_since(t0) < 2500) {
+		int st = state_of(nd[0].c, "n2", NULL);
+		if (st > worst)
+			worst = st;
+		TT_EQ(state_of(nd[2].c, "n2", NULL), TR_MEMBER_ALIVE);
+		tn_sleep_ms(5);
+	}
+	uint64_t conf = tr__cluster_test_confirmations(nd[0].c) - conf0;
+	fprintf(stderr, "  n1 about n2: worst state %d, suspected %llu times, %llu confirmations "
+	        "through n3\n", worst, (unsigned long long)(ST(nd[0].c, suspected) - susp0),
+	        (unsigned long long)conf);
+	TT_ASSERT(worst != TR_MEMBER_DOWN);
+	TT_EQ(ST(nd[0].c, declared_down), 0);
+	TT_ASSERT(ST(nd[0].c, suspected) > susp0); /* the path was taken */
+	TT_ASSERT(conf > 0);
+
+	/* Without a third member to vouch for it, n2 is declared down. */
+	cn_stop(&nd[2]);
+	TT_ASSERT(all_see(nd, 1, "n3", TR_MEMBER_DOWN, 3000));
+	t0 = tr_now_ns();
+	uint64_t down0 = ST(nd[0].c, declared_down);
+	while (ST(nd[0].c, declared_down) == down0 && ms_since(t0) < 3000)
+		tn_sleep_ms(5);
+	fprintf(stderr, "  with no helper: n2 declared down by n1 after %.0f ms\n", ms_since(t0));
+	TT_ASSERT(ST(nd[0].c, declared_down) > down0);
+	tr__cluster_test_ignore_pings(nd[1].c, 0);
+	cn_stop(&nd[1]);
+	cn_stop(&nd[0]);
+}
+
+TT_LIST = {
+	TT_ENTRY(start_errors),
+	TT_ENTRY(form_and_view),
+	TT_ENTRY(down_then_rejoin),
+	TT_ENTRY(leave),
+	TT_ENTRY(wrong_secret),
+	TT_ENTRY(garbage),
+	TT_ENTRY(indirect_probe),
+	TT_END,
+};
+
+TT_MAIN()
