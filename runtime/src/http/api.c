@@ -447,6 +447,23 @@ static int metric_actor(void *ud, unsigned depth, const tr_actor_stats *s, int i
 	return 0;
 }
 
+/* A counter of a stats struct of relaxed atomics: its metric, its help
+ * and where it is in the struct. */
+typedef struct counter_def {
+	const char *name, *help;
+	size_t off;
+} counter_def;
+
+static void put_counters(tr_buf *b, const void *stats, const counter_def *cs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
+		                cs[i].name, cs[i].name,
+		                (unsigned long long)atomic_load_explicit(
+		                    (const atomic_uint_fast64_t *)((const char *)stats + cs[i].off),
+		                    memory_order_relaxed));
+}
+
 /* GET /v1/cluster: the membership view, this node first. */
 static const char *const member_states[] = {"?", "alive", "suspect", "down", "left"};
 
@@ -489,10 +506,7 @@ static void cluster_metrics(tr_door *d, tr_buf *b)
 	for (int k = 1; k <= 4; k++)
 		tr__door_printf(b, "troupe_cluster_members{state=\"%s\"} %zu\n", member_states[k], by[k]);
 	const tr_cluster_stats *s = tr_cluster_stats_of(d->cluster);
-	static const struct {
-		const char *name, *help;
-		size_t off;
-	} cs[] = {
+	static const counter_def cs[] = {
 #define C(f, h) {"troupe_cluster_" #f "_total", h, offsetof(tr_cluster_stats, f)}
 		C(frames_in, "Cluster frames received."), C(frames_out, "Cluster frames sent."),
 		C(bytes_in, "Cluster bytes received."), C(bytes_out, "Cluster bytes sent."),
@@ -503,12 +517,7 @@ static void cluster_metrics(tr_door *d, tr_buf *b)
 		C(rejoined, "Members that came back."),
 #undef C
 	};
-	for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++)
-		tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
-		                cs[i].name, cs[i].name,
-		                (unsigned long long)atomic_load_explicit(
-		                    (const atomic_uint_fast64_t *)((const char *)s + cs[i].off),
-		                    memory_order_relaxed));
+	put_counters(b, s, cs, sizeof(cs) / sizeof(cs[0]));
 }
 
 /* The node's PostgreSQL pool and Redis client, when configured. */
@@ -532,10 +541,7 @@ static void backend_metrics(tr_door *d, tr_buf *b)
 		tr__door_printf(b, "# HELP troupe_postgres_queued Requests waiting for a connection.\n"
 		                   "# TYPE troupe_postgres_queued gauge\ntroupe_postgres_queued %llu\n",
 		                LD(s->queued));
-		static const struct {
-			const char *name, *help;
-			size_t off;
-		} cs[] = {
+		static const counter_def cs[] = {
 #define C(f, h) {"troupe_postgres_" #f "_total", h, offsetof(tr_pg_stats, f)}
 			C(queries, "Queries answered."), C(errors, "Queries answered with an error."),
 			C(timeouts, "Queries that timed out (statement_timeout or deadline)."),
@@ -546,10 +552,7 @@ static void backend_metrics(tr_door *d, tr_buf *b)
 			C(recycled, "Connections closed after max_lifetime."),
 #undef C
 		};
-		for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++)
-			tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
-			                cs[i].name, cs[i].name,
-			                LD(*(const atomic_uint_fast64_t *)((const char *)s + cs[i].off)));
+		put_counters(b, s, cs, sizeof(cs) / sizeof(cs[0]));
 		tr__door_printf(b, "# HELP troupe_postgres_wait_seconds Time from a request to its connection.\n"
 		                   "# TYPE troupe_postgres_wait_seconds histogram\n");
 		for (int i = 0; i < 12; i++) {
@@ -570,10 +573,7 @@ static void backend_metrics(tr_door *d, tr_buf *b)
 		tr__door_printf(b, "# HELP troupe_redis_pending Commands waiting for their reply.\n"
 		                   "# TYPE troupe_redis_pending gauge\ntroupe_redis_pending %llu\n",
 		                LD(s->pending));
-		static const struct {
-			const char *name, *help;
-			size_t off;
-		} cs[] = {
+		static const counter_def cs[] = {
 #define C(f, h) {"troupe_redis_" #f "_total", h, offsetof(tr_redis_stats, f)}
 			C(commands, "Commands answered."), C(errors, "Error replies from the server."),
 			C(timeouts, "Commands that timed out."),
@@ -583,10 +583,7 @@ static void backend_metrics(tr_door *d, tr_buf *b)
 			C(disconnects, "Connections lost."), C(script_loads, "SCRIPT LOADs (first use, NOSCRIPT)."),
 #undef C
 		};
-		for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++)
-			tr__door_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", cs[i].name, cs[i].help,
-			                cs[i].name, cs[i].name,
-			                LD(*(const atomic_uint_fast64_t *)((const char *)s + cs[i].off)));
+		put_counters(b, s, cs, sizeof(cs) / sizeof(cs[0]));
 	}
 #undef LD
 }
