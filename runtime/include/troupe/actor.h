@@ -161,7 +161,8 @@ TR_EXTERN int tr_timer_cancel(tr_ctx *ctx, uint64_t id);
 /* --- links and monitors ------------------------------------------------ */
 
 /*
- * Links are bidirectional: when either actor dies with a reason other than
+ * Links are bidirectional (and node-local: linking to another node's actor
+ * is TR_EINVAL; monitor it instead): when either actor dies with a reason other than
  * TR_OK, the other receives an exit signal. An actor that traps exits
  * (tr_trap_exit / opts.trap_exit) gets it as a TR_TAG_EXIT message;
  * otherwise it dies with the same reason. Linking to a dead actor delivers
@@ -197,8 +198,17 @@ TR_EXTERN int tr_unregister(tr_node *node, const char *name);
  * the new generation this way). An alias is not released when its actor
  * dies; it keeps the dead ref (sends give TR_ENOACTOR) until moved. */
 TR_EXTERN int tr_register_alias(tr_node *node, const char *name, tr_ref ref);
-/* Looks a name up: TR_OK and *ref, or TR_ENOTFOUND. */
+/* Looks a name up on this node: TR_OK and *ref, or TR_ENOTFOUND. */
 TR_EXTERN int tr_whereis(tr_node *node, const char *name, tr_ref *ref);
+/*
+ * The cluster-wide half: refs that the other live members of this node's
+ * cluster publish under `name`, or under `name#<k>` (the instances of a
+ * pipeline actor). A member publishes its names without a "@<gen>"
+ * suffix (cluster/cluster.h). Writes at most `max` refs to out and
+ * returns how many; 0 without a cluster. Sends and asks to those refs
+ * work as to local ones (README, "Clustering").
+ */
+TR_EXTERN size_t tr_whereis_remote(tr_node *node, const char *name, tr_ref *out, size_t max);
 
 /* --- introspection ----------------------------------------------------- */
 

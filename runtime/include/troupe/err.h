@@ -41,13 +41,14 @@ extern "C" {
 	XX(EBUSY, -18, "resource busy")                                          \
 	XX(ESTATE, -19, "operation not valid in this state")                    \
 	XX(EFAILED, -20, "actor callback failed")                              \
-	XX(ECANCELED, -21, "cancelled by the requester")
+	XX(ECANCELED, -21, "cancelled by the requester")                         \
+	XX(ENODEDOWN, -22, "the actor's node is down or unreachable")
 
 typedef enum tr_err {
 #define TR__ERR_ENUM(name, val, desc) TR_##name = (val),
 	TR_ERR_MAP(TR__ERR_ENUM)
 #undef TR__ERR_ENUM
-	TR_ERR_MIN_ = -22
+	TR_ERR_MIN_ = -23
 } tr_err;
 
 /* Human-readable text for `err`; never NULL (unknown codes included). */

@@ -772,7 +772,9 @@ int tr_link(tr_ctx *ctx, tr_ref other)
 {
 	tr_node *n = ctx->w->node;
 	tr_ref self = tr__ref_of(n, ctx->a);
-	if (tr_ref_eq(other, self))
+	/* Links stay inside a node: across nodes, monitors (a lost node is
+	 * a DOWN, not a cascade of kills on the survivors). */
+	if (tr_ref_eq(other, self) || (other.node != n->id && other.gen != 0))
 		return TR_EINVAL;
 	tr_actor *b = tr__actor_lock_ref(n, other);
 	if (b == NULL)
@@ -823,6 +825,9 @@ int tr_monitor(tr_ctx *ctx, tr_ref target, uint64_t *mon_id)
 	tr_ref self = tr__ref_of(n, ctx->a);
 	if (mon_id != NULL)
 		*mon_id = id;
+	const tr__remote_ops *ro = target.node != n->id && target.gen != 0 ? tr__remote(n) : NULL;
+	if (ro != NULL)
+		return ro->monitor(n->remote_ud, self, target, id, 1);
 	tr_actor *b = tr__actor_lock_ref(n, target);
 	if (b == NULL)
 		return tr__send_sys(n, target, self, TR_TAG_DOWN, TR_ENOACTOR, id, 0, 0) == TR_OK
@@ -836,6 +841,9 @@ int tr_monitor(tr_ctx *ctx, tr_ref target, uint64_t *mon_id)
 int tr_demonitor(tr_ctx *ctx, tr_ref target, uint64_t mon_id)
 {
 	tr_node *n = ctx->w->node;
+	const tr__remote_ops *ro = target.node != n->id && target.gen != 0 ? tr__remote(n) : NULL;
+	if (ro != NULL)
+		return ro->monitor(n->remote_ud, tr__ref_of(n, ctx->a), target, mon_id, 0);
 	tr_actor *b = tr__actor_lock_ref(n, target);
 	if (b == NULL)
 		return TR_ENOACTOR;

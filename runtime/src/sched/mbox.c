@@ -140,13 +140,28 @@ static void discard(tr_node *n, tr_ref owner, tr_msg *m, int err, int dead_lette
 
 int tr__deliver(tr_node *n, tr_ref to, tr_msg *m, tr_ref blocker)
 {
+	m->to = to;
+	if (to.node != n->id && to.gen != 0) {
+		/* Another node's actor: the cluster carries it (or nobody). */
+		const tr__remote_ops *ro = tr__remote(n);
+		if (ro == NULL) {
+			atomic_fetch_add_explicit(&n->n_dead_letters, 1, memory_order_relaxed);
+			tr_msg_free(m);
+			return TR_ENOACTOR;
+		}
+		return ro->deliver(n->remote_ud, m, blocker);
+	}
+	return tr__enqueue_at(n, to, m, blocker);
+}
+
+int tr__enqueue_at(tr_node *n, tr_ref to, tr_msg *m, tr_ref blocker)
+{
 	tr_msg *evicted = NULL;
 	tr_ref watchers_buf[4];
 	tr_ref *watchers = NULL;
 	uint32_t nwatch = 0;
 	int rc = TR_OK;
 
-	m->to = to;
 	tr_actor *a = tr__actor_lock_ref(n, to);
 	if (a == NULL) {
 		/* An ask to a dead actor is refused synchronously (the caller

@@ -61,6 +61,12 @@ tr_actor *tr__actor_at(tr_node *n, uint32_t idx)
 	return chunk ? &chunk[idx & (TR_CHUNK_SIZE - 1)] : NULL;
 }
 
+void tr__node_set_remote(tr_node *n, const tr__remote_ops *ops, void *ud)
+{
+	n->remote_ud = ud;
+	atomic_store_explicit(&n->remote, ops, memory_order_release);
+}
+
 tr_actor *tr__actor_lock_ref(tr_node *n, tr_ref ref)
 {
 	if (ref.node != n->id || ref.gen == 0)

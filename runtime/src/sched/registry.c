@@ -94,6 +94,9 @@ static int put(tr_node *n, const char *name, size_t len, tr_ref ref, int force)
 		*p = e;
 		n->names_len++;
 	}
+	/* Relaxed: a change counter the cluster polls; the names themselves
+	 * are read under the lock. */
+	atomic_fetch_add_explicit(&n->names_ver, 1, memory_order_relaxed);
 	uv_rwlock_wrunlock(&n->names_mu);
 	return TR_OK;
 }
@@ -137,6 +140,7 @@ void tr__names_drop(tr_node *n, const char *name, tr_ref ref)
 		*p = e->next;
 		tr__free(e);
 		n->names_len--;
+		atomic_fetch_add_explicit(&n->names_ver, 1, memory_order_relaxed);
 	}
 	uv_rwlock_wrunlock(&n->names_mu);
 }
@@ -169,6 +173,23 @@ int tr_whereis(tr_node *n, const char *name, tr_ref *ref)
 	}
 	uv_rwlock_rdunlock(&n->names_mu);
 	return rc;
+}
+
+size_t tr_whereis_remote(tr_node *n, const char *name, tr_ref *out, size_t max)
+{
+	const tr__remote_ops *ro = tr__remote(n);
+	if (name == NULL || ro == NULL || max == 0)
+		return 0;
+	return ro->lookup(n->remote_ud, name, out, max);
+}
+
+void tr__names_each(tr_node *n, void (*fn)(void *ud, const char *name, tr_ref ref), void *ud)
+{
+	uv_rwlock_rdlock(&n->names_mu);
+	for (uint32_t i = 0; i < n->names_cap; i++)
+		for (tr__name_ent *e = n->names[i]; e != NULL; e = e->next)
+			fn(ud, e->name, e->ref);
+	uv_rwlock_rdunlock(&n->names_mu);
 }
 
 void tr__names_free(tr_node *n)

@@ -335,7 +335,38 @@ struct tr_node {
 	uv_mutex_t wait_mu;
 	uv_cond_t wait_cv;
 	bool started, joined;
+
+	/* Messages to refs of other nodes, and the cluster-wide name
+	 * lookup: set once by the cluster (tr__node_set_remote) before any
+	 * actor can hold a remote ref; NULL without one. */
+	_Atomic(const struct tr__remote_ops *) remote;
+	void *remote_ud; /* written before `remote` is published (release) */
+	atomic_uint names_ver; /* bumped on every registry change (the cluster republishes) */
 };
+
+/*
+ * The cluster's side of location transparency (cluster/cluster.c).
+ * deliver: `m` (consumed) is addressed to m->to on another node; called
+ *   from any thread; returns what tr_send returns (TR_EREJECTED when the
+ *   link's queue is full, TR_ENODEDOWN for an unknown or down node).
+ * lookup: refs other members publish under `name` or `name#<k>`.
+ * monitor: `watcher` (local) monitors remote `target` (on = 1) or stops
+ *   (on = 0); DOWN arrives as from a local target.
+ */
+typedef struct tr__remote_ops {
+	int (*deliver)(void *ud, tr_msg *m, tr_ref blocker);
+	size_t (*lookup)(void *ud, const char *name, tr_ref *out, size_t max);
+	int (*monitor)(void *ud, tr_ref watcher, tr_ref target, uint64_t id, int on);
+} tr__remote_ops;
+
+/* The remote ops, or NULL. Acquire pairs with the release in
+ * tr__node_set_remote, so remote_ud is seen set. */
+static inline const tr__remote_ops *tr__remote(tr_node *n)
+{
+	return atomic_load_explicit(&n->remote, memory_order_acquire);
+}
+
+void tr__node_set_remote(tr_node *n, const tr__remote_ops *ops, void *ud);
 
 /* Resolves `ref` and returns its actor LOCKED and alive (ACTOR_INIT or
  * ACTOR_ALIVE), or NULL (nothing locked) if it is dead, stale or remote. */
@@ -368,6 +399,10 @@ void tr__requeue(tr__worker *w, tr_actor *a);
  * replies; nothing leaves an asker waiting.
  */
 int tr__deliver(tr_node *n, tr_ref to, tr_msg *m, tr_ref blocker);
+/* Enqueues `m` into local actor `at`'s mailbox as tr__deliver does, but
+ * leaves m->to alone: the cluster actor queues messages for other nodes
+ * this way. */
+int tr__enqueue_at(tr_node *n, tr_ref at, tr_msg *m, tr_ref blocker);
 /* System message helper: a body-less system message. */
 int tr__send_sys(tr_node *n, tr_ref from, tr_ref to, uint32_t tag, int err,
                  uint64_t corr, uint64_t arg, uint16_t extra_flags);
@@ -423,6 +458,9 @@ enum { TIMER_ONCE = 1, TIMER_EVERY, TIMER_ASK };
 /* registry.c */
 void tr__names_drop(tr_node *n, const char *name, tr_ref ref);
 void tr__names_free(tr_node *n);
+/* Calls fn for every registered name, under the registry's read lock
+ * (fn must not touch the registry). */
+void tr__names_each(tr_node *n, void (*fn)(void *ud, const char *name, tr_ref ref), void *ud);
 
 /* msgpool.c */
 void tr__msgpool_drain(tr__worker *w);
