@@ -425,6 +425,30 @@ TT_TEST(tools_load)
 	tr_config_free(c);
 }
 
+TT_TEST(placement_loads)
+{
+	TT_ASSERT(in_root());
+	tr_config *c = load1("tests/lua/good/placement.lua");
+	TT_ASSERT(c != NULL);
+	const tr_actor_spec *g = tr_config_actor(c, "generate");
+	TT_STREQ(g->on_label, "gpu");
+	TT_ASSERT(g->on_node == NULL);
+	TT_EQ(g->instances, 4);
+	TT_ASSERT(g->config == NULL); /* `on` is not passed to the kind */
+	TT_ASSERT(tr_actor_placed(g));
+	TT_ASSERT(!tr_actor_runs_here(c, g)); /* n3 has no "gpu" label */
+	TT_ASSERT(tr_actor_runs_here(c, tr_config_actor(c, "intent")));
+	TT_STREQ(tr_config_actor(c, "pinned")->on_node, "n3");
+	TT_ASSERT(tr_actor_runs_here(c, tr_config_actor(c, "pinned")));
+	/* label and node both given: both must match */
+	TT_ASSERT(!tr_actor_runs_here(c, tr_config_actor(c, "both")));
+	const tr_actor_spec *e = tr_config_actor(c, "echo");
+	TT_ASSERT(e->receive_fn >= 0 && tr_actor_runs_here(c, e));
+	const tr_actor_spec *r = tr_config_actor(c, "rag");
+	TT_ASSERT(!tr_actor_placed(r) && tr_actor_runs_here(c, r));
+	tr_config_free(c);
+}
+
 /* ---- bad files ------------------------------------------------------ */
 
 /* Loads files and compares the diagnostics with the `-- expect: ` lines at
@@ -1257,6 +1281,7 @@ TT_LIST = {
 	TT_ENTRY(limits_load),
 	TT_ENTRY(tenants_and_door_limits),
 	TT_ENTRY(tools_load),
+	TT_ENTRY(placement_loads),
 	TT_ENTRY(bad_files_diagnostics),
 	TT_ENTRY(check_main_exit_codes),
 	TT_ENTRY(load_alloc_failures_never_leak),

@@ -1280,15 +1280,44 @@ static void diag_kind(vctx *v, where w, const char *who, const char *kind, const
 		diag(v, w, "%s: unknown kind '%s' (known kinds: %s)", who, kind, list);
 }
 
+/* on = { label = "gpu" } / { node = "n2" }: where a placed actor runs. */
+static void build_on(fctx *f, int o, tr_actor_spec *a)
+{
+	static const char *const keys[] = {"label", "node"};
+	lua_State *L = f->v->L;
+	fctx fo;
+	char b[64];
+	int ty = rget(L, o, "on"), t = lua_gettop(L);
+
+	if (ty == LUA_TNIL)
+		goto out;
+	subwho(&fo, f, ": on");
+	if (ty != LUA_TTABLE) {
+		diag(f->v, f->w, "%s: expected a table: on = { label = \"gpu\" } or on = { node = "
+		     "\"n2\" }, got %s", fo.who, got(L, t, b, sizeof(b)));
+		goto out;
+	}
+	size_t n0 = f->v->d->n;
+	check_keys(&fo, t, keys, 2, 0, NULL);
+	int given = want_str(&fo, t, "label", &a->on_label);
+	given += want_str(&fo, t, "node", &a->on_node);
+	if (!given && f->v->d->n == n0) /* else its unknown keys said enough */
+		diag(f->v, f->w, "%s: needs label = \"...\" (nodes with that label) or node = "
+		     "\"...\" (the node of that name)", fo.who);
+out:
+	lua_pop(L, 1);
+}
+
 static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec *a)
 {
 	static const char *const lua_keys[] = {"name", "receive", "mailbox", "overflow",
-	                                       "instances", "batch"};
+	                                       "instances", "batch", "on"};
 	/* receive is reported on its own for kind actors, not passed on */
 	static const char *const kind_keys[] = {"name", "kind", "receive", "mailbox",
-	                                        "overflow", "instances", "batch"};
+	                                        "overflow", "instances", "batch", "on"};
 	/* keys that look like a misspelled one of these are not passed on
-	 * ("name" is left out: short kind settings such as "mode" are near it) */
+	 * ("name" is left out: short kind settings such as "mode" are near it;
+	 * so is "on": two letters are near too many settings) */
 	static const char *const common_keys[] = {"kind", "receive", "mailbox", "overflow",
 	                                          "instances", "batch"};
 	lua_State *L = v->L;
@@ -1318,8 +1347,8 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 	ty = rget(L, o, "kind");
 	if (ty == LUA_TNIL) {
 		lua_pop(L, 1);
-		check_keys(&f, o, lua_keys, 6, 0,
-		           " (a Lua actor takes receive, mailbox, overflow, instances, batch)");
+		check_keys(&f, o, lua_keys, 7, 0,
+		           " (a Lua actor takes receive, mailbox, overflow, instances, batch, on)");
 		ty = rget(L, o, "receive");
 		if (ty == LUA_TNIL)
 			diag(v, w, "%s: needs kind = \"...\" (a built-in actor) or receive = "
@@ -1345,13 +1374,14 @@ static void build_actor(vctx *v, int d, where w, const char *name, tr_actor_spec
 			diag(v, w, "%s: receive: a kind actor has no receive function (drop kind = "
 			     "... for a Lua actor)", f.who);
 		lua_pop(L, 1);
-		kind_config(&f, o, kind_keys, 7, common_keys, 6, a);
+		kind_config(&f, o, kind_keys, 8, common_keys, 6, a);
 	}
 	want_uint(&f, o, "mailbox", 1, 1u << 24, &a->mailbox);
 	if (want_enum(&f, o, "overflow", overflow_names, 4, &ov))
 		a->overflow = (uint8_t)ov;
 	want_uint(&f, o, "instances", 1, 1024, &a->instances);
 	want_uint(&f, o, "batch", 1, 65536, &a->batch);
+	build_on(&f, o, a);
 	/* The kind's own settings are checked once every declaration is in
 	 * (check_kinds): a kind may name things declared later, as execute's
 	 * `tools` does. */

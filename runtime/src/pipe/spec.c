@@ -59,6 +59,8 @@ void tr_config_free(tr_config *c)
 		tr__free(c->actors[i].name);
 		tr__free(c->actors[i].kind);
 		tr__free(c->actors[i].config);
+		tr__free(c->actors[i].on_label);
+		tr__free(c->actors[i].on_node);
 	}
 	tr__free(c->actors);
 	for (size_t i = 0; i < c->nsups; i++) {
@@ -166,6 +168,16 @@ const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name)
 		if (c->actors[i].name != NULL && strcmp(c->actors[i].name, name) == 0)
 			return &c->actors[i];
 	return NULL;
+}
+
+bool tr_actor_runs_here(const tr_config *c, const tr_actor_spec *a)
+{
+	const tr_node_spec *n = &c->node;
+	bool labelled = a->on_label == NULL;
+	for (size_t i = 0; !labelled && i < n->nlabels; i++)
+		labelled = n->labels[i] != NULL && strcmp(n->labels[i], a->on_label) == 0;
+	return labelled &&
+	       (a->on_node == NULL || strcmp(n->name ? n->name : "troupe", a->on_node) == 0);
 }
 
 const tr_tenant_spec *tr_config_tenant(const tr_config *c, const char *name)

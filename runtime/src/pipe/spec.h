@@ -155,6 +155,13 @@ typedef struct tr_actor_spec {
 	uint8_t overflow;       /* tr_overflow; default block */
 	uint32_t instances;     /* >= 1; default 1 */
 	uint32_t batch;         /* 0 = default */
+	/* on = { label = "gpu" } and/or { node = "n2" }: placement. The actor
+	 * runs only on nodes that carry the label and have the name (each one
+	 * given must match), `instances` of it on each such node; steps find
+	 * the instances of other nodes through the cluster. NULL, NULL = not
+	 * placed: it runs on every node. Owned. */
+	char *on_label;
+	char *on_node;
 	/* Remaining keys of the actor table, for the kind to read (model,
 	 * dsn, ...), as one msgpack map; NULL when none. Owned. */
 	unsigned char *config;
@@ -303,6 +310,16 @@ void tr_config_free(tr_config *c);
 /* "redis://<numeric ip>:<port>[/<db>]" (IPv6 in brackets): TR_OK with
  * host (NUL-terminated), port and db (0 when absent), else TR_EINVAL. */
 int tr_redis_url_parse(const char *url, char *host, size_t hostlen, int *port, int *db);
+
+/* Whether actor `a` is placed (declared with `on`). */
+static inline bool tr_actor_placed(const tr_actor_spec *a)
+{
+	return a->on_label != NULL || a->on_node != NULL;
+}
+
+/* Whether the node `c` declares (c->node: its name and labels) runs actor
+ * `a`: always for an actor that is not placed. */
+bool tr_actor_runs_here(const tr_config *c, const tr_actor_spec *a);
 
 /* Lookups by name; NULL when absent. */
 const tr_actor_spec *tr_config_actor(const tr_config *c, const char *name);
