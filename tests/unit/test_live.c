@@ -240,6 +240,17 @@ static int one_msg(tr_ctx *ctx, probe *p, tr_msg *m)
 	return TR_OK;
 }
 
+/* Sets up one_* for a test (the mutex once per process). */
+static void one_init(void)
+{
+	static int ready;
+	if (!ready)
+		uv_mutex_init(&one_mu);
+	ready = 1;
+	tr_buf_init(&one_in);
+	tr_buf_init(&one_out);
+}
+
 /* Runs {text = text} through `pipe` and waits for its one answer. */
 static int run_text(tr_node *n, tr_ref client, const char *pipe, const char *text)
 {
@@ -313,9 +324,7 @@ TT_TEST(lua_file_pipeline_end_to_end)
 	tr_actor_stats st;
 	static probe_cfg cc = {.id = 2, .on_msg = one_msg};
 
-	uv_mutex_init(&one_mu);
-	tr_buf_init(&one_in);
-	tr_buf_init(&one_out);
+	one_init();
 	snprintf(dir, sizeof(dir), "/tmp/troupe-live-XXXXXX");
 	TT_ASSERT(mkdtemp(dir) != NULL);
 	snprintf(path, sizeof(path), "%s/qa.lua", dir);
@@ -366,9 +375,112 @@ TT_TEST(lua_file_pipeline_end_to_end)
 	rmdir(dir);
 }
 
+/* ---- placement -------------------------------------------------------- */
+
+static const char placed_file[] =
+	"node { name = \"n1\", labels = { \"cpu\" } }\n"
+	"actor \"g\" { kind = \"techo\", on = { label = \"gpu\" }, instances = 2 }\n"
+	"actor \"h\" { kind = \"techo\", on = { label = \"cpu\" }, instances = 2 }\n"
+	"actor \"one\" { kind = \"techo\", on = { node = \"n1\" } }\n"
+	"actor \"any\" { kind = \"techo\" }\n"
+	"supervisor \"s\" { children = { \"g\", \"one\" } }\n"
+	"pipeline \"p\" { step \"h\" {}, step \"one\" {}, step \"any\" {} }\n"
+	"pipeline \"q\" { step \"g\" {} }\n";
+
+/* Whether `alias` names the same actor as `name`, alive. */
+static int alias_of(tr_node *n, const char *alias, const char *name)
+{
+	tr_ref a, b;
+	return tr_whereis(n, alias, &a) == TR_OK && tr_whereis(n, name, &b) == TR_OK &&
+	       tr_ref_eq(a, b);
+}
+
+/* Placed actors are spawned only where the node's labels (or name) match,
+ * each instance also under its public alias; a restart and a reload move
+ * the alias; a step to an actor placed elsewhere (and no cluster) fails
+ * with a clear error, the rest of the file deploys. */
+TT_TEST(placed_actors_deploy)
+{
+	tr_live *live;
+	tr_diag diag;
+	char path[128];
+	const char *files[1] = {path};
+	tr_ref client, r, old;
+	static probe_cfg cc = {.id = 3, .on_msg = one_msg};
+
+	one_init();
+	(void)tr_kind_register("techo", &techo_ops); /* EEXIST after reload_under_load */
+	snprintf(dir, sizeof(dir), "/tmp/troupe-live-XXXXXX");
+	TT_ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/placed.lua", dir);
+	write_file("placed.lua", placed_file);
+	tr_node *n = tn_start(2);
+	TT_OK(tr_live_new(n, &live));
+	tr_diag_init(&diag);
+	int rc = tr_live_load(live, files, 1, &diag);
+	for (size_t i = 0; i < diag.n; i++)
+		fprintf(stderr, "  %s\n", diag.msgs[i]);
+	tr_diag_free(&diag);
+	TT_OK(rc);
+	TT_OK(tn_spawn(n, &cc, NULL, &client));
+
+	/* g is for "gpu" nodes: not here, under no name */
+	TT_EQ(tr_whereis(n, "g#0@1", &r), TR_ENOTFOUND);
+	TT_EQ(tr_whereis(n, "g#1@1", &r), TR_ENOTFOUND);
+	TT_EQ(tr_whereis(n, "g#0", &r), TR_ENOTFOUND);
+	/* h (label cpu) and one (node n1) run here, with their aliases; an
+	 * actor that is not placed has none */
+	TT_ASSERT(alias_of(n, "h#0", "h#0@1") && alias_of(n, "h#1", "h#1@1"));
+	TT_ASSERT(alias_of(n, "one", "one@1"));
+	TT_OK(tr_whereis(n, "any@1", &r));
+	TT_EQ(tr_whereis(n, "any", &r), TR_ENOTFOUND);
+
+	TT_EQ(run_text(n, client, "pipeline:p", "hi"), 1);
+	TT_EQ(atomic_load(&one_err), 0);
+	TT_EQ(run_text(n, client, "pipeline:q", "hi"), 1);
+	TT_EQ(atomic_load(&one_err), 1);
+	TT_ASSERT(out_is("code", "crashed") && out_is("step", "g"));
+	TT_ASSERT(out_is("message", "step 'g' failed after 1 attempt: no instance of 'g' is "
+	                            "running (placed on label 'gpu')"));
+
+	/* A restarted instance takes its alias along. */
+	TT_OK(tr_whereis(n, "h#0@1", &old));
+	tr_msg *m = tr_msg_new();
+	m->tag = TR_TAG_STOP;
+	m->flags = TR_MSGF_SYSTEM;
+	m->err = TR_EFAILED; /* abnormal: the root supervisor restarts it */
+	TT_OK(tr_node_send(n, old, m));
+	for (int i = 0; i < 300; i++) {
+		if (tr_whereis(n, "h#0@1", &r) == TR_OK && !tr_ref_eq(r, old))
+			break;
+		tn_sleep_ms(10);
+	}
+	TT_ASSERT(!tr_ref_eq(r, old));
+	TT_ASSERT(alias_of(n, "h#0", "h#0@1"));
+
+	/* A reload: the new generation's instances hold the aliases. */
+	tr_diag_init(&diag);
+	TT_OK(tr_live_reload(live, &diag));
+	tr_diag_free(&diag);
+	TT_EQ(tr_live_gen(live), 2);
+	TT_ASSERT(alias_of(n, "h#0", "h#0@2") && alias_of(n, "h#1", "h#1@2"));
+	TT_ASSERT(alias_of(n, "one", "one@2"));
+	TT_EQ(tr_whereis(n, "g#0", &r), TR_ENOTFOUND);
+	TT_EQ(run_text(n, client, "pipeline:p", "hi"), 1);
+	TT_EQ(atomic_load(&one_err), 0);
+
+	TT_EQ(tn_stop(n), 0);
+	tr_live_free(live);
+	tr_buf_free(&one_in);
+	tr_buf_free(&one_out);
+	unlink(path);
+	rmdir(dir);
+}
+
 TT_LIST = {
 	TT_ENTRY(reload_under_load),
 	TT_ENTRY(lua_file_pipeline_end_to_end),
+	TT_ENTRY(placed_actors_deploy),
 	TT_END,
 };
 

@@ -165,6 +165,8 @@ int tr__door_conf_new(const tr_config *cfg, unsigned gen, const door_conf *prev,
 	for (size_t i = 0; i < cfg->nactors; i++) {
 		const tr_actor_spec *a = &cfg->actors[i];
 		uint32_t inst = a->instances > 1 ? a->instances : 1;
+		if (!tr_actor_runs_here(cfg, a))
+			continue; /* placed on other nodes: not ours to run */
 		for (uint32_t k = 0; k < inst; k++) {
 			char *s = inst == 1 ? strf("%s@%u", a->name, gen) : strf("%s#%u@%u", a->name, k, gen);
 			if (s == NULL)

@@ -13,6 +13,24 @@
 #include "pipe/engine.h"
 #include "pipe/kinds.h"
 
+/*
+ * A placed actor's instance (on = {...}): spawned through a copy of its
+ * behaviour whose init runs the real one and then points the public
+ * alias ("<name>#<i>", or "<name>" for one instance) at the new
+ * incarnation while the deployment's generation is current, the way an
+ * engine takes "pipeline:<name>". The cluster publishes names without
+ * '@', so that is how other nodes find the instance, and a restart or a
+ * reload moves it.
+ */
+typedef struct placed {
+	const tr_actor_ops *ops;    /* the kind's or Lua's behaviour */
+	const void *arg;            /* its spawn argument */
+	const char *name;           /* registered: "<name>#<i>@<gen>" */
+	const char *alias;          /* public: "<name>#<i>" */
+	const atomic_uint *current_gen;
+	unsigned gen;
+} placed;
+
 struct tr_deploy {
 	tr_sup_spec *sups;          /* one per config supervisor, then the root */
 	tr_child_spec **kids;       /* kids[i]: children of sups[i] */
@@ -20,6 +38,10 @@ struct tr_deploy {
 	size_t nnames;
 	tr_lua_actor_arg *lua_args; /* one per config actor (used by Lua actors) */
 	tr_pipe_arg *pipe_args;     /* one per pipeline */
+	tr_actor_ops *place_ops;    /* one per config actor (used by placed ones) */
+	placed *places;             /* one per instance of a placed actor here */
+	size_t nplaces;
+	const atomic_uint *current_gen;
 	size_t nsups;
 	unsigned gen;
 	char suffix[16];            /* "@<gen>" */
@@ -54,13 +76,28 @@ static uint32_t window_ms(uint64_t within_us)
 	return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
 }
 
-/* Appends the child specs of actor `a` (one per instance). */
+static int placed_init(tr_ctx *ctx, void *state, const void *arg)
+{
+	const placed *p = arg;
+	int rc = p->ops->init != NULL ? p->ops->init(ctx, state, p->arg) : TR_OK;
+	/* Acquire: pairs with the release store that publishes a new
+	 * generation (pipe/live.c), as in the engine's init. */
+	if (rc == TR_OK && (p->current_gen == NULL ||
+	                    atomic_load_explicit(p->current_gen, memory_order_acquire) == p->gen))
+		(void)tr_register_alias(tr_ctx_node(ctx), p->alias, tr_self(ctx));
+	return rc;
+}
+
+/* Appends the child specs of actor `a` (one per instance); none when it
+ * is placed on other nodes. */
 static int add_actor(tr_deploy *d, const tr_config *c, size_t ai, tr_child_spec *out,
                      uint32_t *n, char *err, size_t errlen)
 {
 	const tr_actor_spec *a = &c->actors[ai];
 	const tr_actor_ops *ops;
 	const void *arg;
+	if (!tr_actor_runs_here(c, a))
+		return TR_OK;
 	if (a->kind != NULL) {
 		ops = tr_kind_find(a->kind);
 		arg = a;
@@ -76,6 +113,13 @@ static int add_actor(tr_deploy *d, const tr_config *c, size_t ai, tr_child_spec 
 		arg = &d->lua_args[ai];
 	}
 	uint32_t inst = a->instances ? a->instances : 1;
+	const tr_actor_ops *real = ops;
+	if (tr_actor_placed(a)) {
+		tr_actor_ops *po = &d->place_ops[ai];
+		*po = *ops;
+		po->init = placed_init;
+		ops = po;
+	}
 	for (uint32_t i = 0; i < inst; i++) {
 		tr_child_spec *cs = &out[(*n)++];
 		memset(cs, 0, sizeof(*cs));
@@ -85,6 +129,15 @@ static int add_actor(tr_deploy *d, const tr_config *c, size_t ai, tr_child_spec 
 			return TR_ENOMEM;
 		cs->ops = ops;
 		cs->arg = arg;
+		if (tr_actor_placed(a)) {
+			placed *p = &d->places[d->nplaces++];
+			const char *alias = inst == 1 ? keep_name(d, "%s%.0u%.0s", a->name, 0)
+			                              : keep_name(d, "%s#%u%.0s", a->name, i);
+			if (alias == NULL)
+				return TR_ENOMEM;
+			*p = (placed){real, arg, cs->name, alias, d->current_gen, d->gen};
+			cs->arg = p;
+		}
 		cs->restart = TR_PERMANENT;
 		cs->mbox.mailbox = a->mailbox;
 		cs->mbox.overflow = a->overflow;
@@ -145,11 +198,17 @@ int tr_deploy_start(tr_node *node, const tr_config *c, unsigned gen,
 	snprintf(d->suffix, sizeof(d->suffix), "@%u", gen);
 	d->sups = tr__calloc(d->nsups, sizeof(*d->sups));
 	d->kids = tr__calloc(d->nsups, sizeof(*d->kids));
-	d->names = tr__calloc(ninst + 2 * c->npipelines + 2 * c->nsups + 2, sizeof(*d->names));
+	/* names: instances (and the aliases of placed ones), two per
+	 * pipeline, one per supervisor (a nested one is named by its
+	 * parent, a top-level one by the root), the root */
+	d->names = tr__calloc(2 * ninst + 2 * c->npipelines + 2 * c->nsups + 2, sizeof(*d->names));
 	d->lua_args = tr__calloc(c->nactors + 1, sizeof(*d->lua_args));
 	d->pipe_args = tr__calloc(c->npipelines + 1, sizeof(*d->pipe_args));
+	d->place_ops = tr__calloc(c->nactors + 1, sizeof(*d->place_ops));
+	d->places = tr__calloc(ninst + 1, sizeof(*d->places));
+	d->current_gen = current_gen;
 	if (d->sups == NULL || d->kids == NULL || d->names == NULL || d->lua_args == NULL ||
-	    d->pipe_args == NULL)
+	    d->pipe_args == NULL || d->place_ops == NULL || d->places == NULL)
 		goto fail;
 
 	/* User supervisors. A child list may hold every instance of every
@@ -282,6 +341,11 @@ int tr_deploy_stop(tr_node *node, tr_deploy *d)
 void tr_deploy_claim_names(tr_node *node, const tr_deploy *d)
 {
 	char name[128];
+	for (size_t i = 0; i < d->nplaces; i++) {
+		tr_ref r;
+		if (tr_whereis(node, d->places[i].name, &r) == TR_OK)
+			(void)tr_register_alias(node, d->places[i].alias, r);
+	}
 	for (size_t i = 0; i < d->cfg->npipelines; i++) {
 		tr_ref r;
 		snprintf(name, sizeof(name), "pipeline:%s%s", d->cfg->pipelines[i].name, d->suffix);
@@ -308,5 +372,7 @@ void tr_deploy_free(tr_deploy *d)
 	tr__free(d->sups);
 	tr__free(d->lua_args);
 	tr__free(d->pipe_args);
+	tr__free(d->place_ops);
+	tr__free(d->places);
 	tr__free(d);
 }
