@@ -2,8 +2,8 @@
  * test_pipe.c -- the pipeline engine on a real node, with real C step
  * actors: linear steps, retries with backoff, retry_on, deadlines clipping
  * timeouts, fallback, route, parallel joins, taps that drop without
- * slowing runs, max_inflight refusals, and block-policy backpressure with
- * every run answered.
+ * slowing runs, max_inflight refusals, block-policy backpressure with
+ * every run answered, and placed actors (least in flight, node_down).
  *
  * Configs are built in C here so the engine is tested on its own; the Lua
  * loader has its own tests (test_lua) and the two meet in the node tests.
@@ -122,6 +122,15 @@ static void slow_terminate(tr_ctx *ctx, void *st, int reason)
 static const tr_actor_ops slow_ops = {.name = "slow", .size = sizeof(slow_st),
                                       .init = named_init, .receive = slow_receive,
                                       .terminate = slow_terminate};
+
+/* Answers every step with TR_ENODEDOWN, as the cluster does for asks
+ * pending on a node that went down. */
+static int down_receive(tr_ctx *ctx, void *st, tr_msg *m)
+{
+	return (m->flags & TR_MSGF_ASK) ? tr_reply_error(ctx, m, TR_ENODEDOWN) : TR_OK;
+}
+static const tr_actor_ops down_ops = {.name = "down", .size = 64, .init = named_init,
+                                      .receive = down_receive};
 
 /* Counts what it receives. */
 static atomic_int tap_events;
@@ -285,6 +294,36 @@ static tr_node *start(const spawn_def *defs, size_t n, tr_ref *client)
 	last_body.len = 0;
 	uv_mutex_unlock(&last_mu);
 	return node;
+}
+
+/* Declares actor `name` placed on nodes labelled `label`, with `inst`
+ * instances (spawned by start() as "<name>#<i>"), and gives the node the
+ * labels `here` (NULL: none). Call after start() and before the first
+ * run: the engine reads the config at its first step. */
+static void place(const char *name, uint32_t inst, const char *label, const char *here)
+{
+	static char *labels[1];
+	tr_actor_spec *a = (tr_actor_spec *)tr_config_actor(&cfg, name);
+	if (a == NULL)
+		a = &actors[cfg.nactors++];
+	memset(a, 0, sizeof(*a));
+	a->name = (char *)name;
+	a->instances = inst;
+	a->receive_fn = -1;
+	a->on_label = (char *)label;
+	labels[0] = (char *)here;
+	cfg.node.labels = here ? labels : NULL;
+	cfg.node.nlabels = here ? 1 : 0;
+}
+
+/* Step asks received by actor `name` of node n. */
+static uint64_t received(tr_node *n, const char *name)
+{
+	tr_ref r;
+	tr_actor_stats st;
+	if (tr_whereis(n, name, &r) != TR_OK || tr_actor_stats_get(n, r, &st) != TR_OK)
+		return 0;
+	return st.received;
 }
 
 static void reset(void)
@@ -925,6 +964,97 @@ TT_TEST(coalesce_identical_calls)
 	TT_EQ(tn_stop(n), 0);
 }
 
+/* A placed actor's local instances: each attempt goes to the one with the
+ * fewest asks in flight. p#0 holds its asks for a second, the others
+ * answer at once: after the first wave p#0 always has more in flight, so
+ * it gets at most one run of the 30 (round robin would give it ~8). */
+TT_TEST(placed_least_in_flight)
+{
+	reset();
+	tr_step steps[] = {call("p", 3000, 0)};
+	pspec.steps = list(steps, 1);
+	atomic_store(&slow_ms, 1000);
+	spawn_def d[] = {{"p#0", &slow_ops, 0, 0}, {"p#1", &echo_ops, 0, 0},
+	                 {"p#2", &echo_ops, 0, 0}, {"p#3", &echo_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 4, &c);
+	TT_ASSERT(n != NULL);
+	place("p", 4, "gpu", "gpu");
+	for (int w = 0; w < 10; w++) {
+		TT_OK(tn_send(n, c, KICK, 3));
+		for (int i = 0; i < 200 && answers() < 3 * (w + 1) - 1; i++)
+			tn_sleep_ms(5); /* the wave's fast ones answered */
+	}
+	TT_EQ(wait_answers(30), 30);
+	TT_EQ(ok_answers(), 30);
+	uint64_t fast = received(n, "p#1") + received(n, "p#2") + received(n, "p#3");
+	TT_LE(29, fast);
+	TT_LE(1, received(n, "p#1")); /* ties are spread */
+	TT_LE(1, received(n, "p#2"));
+	TT_LE(1, received(n, "p#3"));
+	TT_EQ(tn_stop(n), 0);
+}
+
+/* TR_ENODEDOWN is the class "node_down", retried like "crashed", and the
+ * retry goes to another instance than the one that just failed: with one
+ * bad instance of two and one retry, every run succeeds. */
+TT_TEST(placed_node_down_retries_elsewhere)
+{
+	reset();
+	tr_step steps[] = {call("q", 1000, 1)};
+	steps[0].u.call.retry_on = TR_RETRY_DEFAULT; /* "crashed" covers node_down */
+	pspec.steps = list(steps, 1);
+	spawn_def d[] = {{"q#0", &down_ops, 0, 0}, {"q#1", &echo_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 2, &c);
+	TT_ASSERT(n != NULL);
+	place("q", 2, "gpu", "gpu");
+	TT_OK(tn_send(n, c, KICK, 40));
+	TT_EQ(wait_answers(40), 40);
+	TT_EQ(ok_answers(), 40);
+	TT_LE(1, received(n, "q#0"));
+	tr_pipe_stats ps;
+	TT_OK(tr_pipe_stats_get(n, "test", &ps));
+	TT_EQ(ps.retries, received(n, "q#0"));
+	TT_EQ(tn_stop(n), 0);
+
+	/* Without another instance: the answer's code says node_down. */
+	reset();
+	steps[0] = call("q", 1000, 0);
+	pspec.steps = list(steps, 1);
+	spawn_def d1[] = {{"q", &down_ops, 0, 0}};
+	n = start(d1, 1, &c);
+	TT_ASSERT(n != NULL);
+	place("q", 1, "gpu", "gpu");
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	TT_ASSERT(last_has("code", "node_down") && last_has("step", "q"));
+	TT_EQ(tn_stop(n), 0);
+}
+
+/* A placed actor this node does not run, and no cluster: no candidate
+ * at all, a clear error (even with its instances registered here: the
+ * node's labels say they are not its own). */
+TT_TEST(placed_without_instance_fails_clearly)
+{
+	reset();
+	tr_step steps[] = {call("g", 1000, 0)};
+	pspec.steps = list(steps, 1);
+	spawn_def d[] = {{"g", &echo_ops, 0, 0}};
+	tr_ref c;
+	tr_node *n = start(d, 1, &c);
+	TT_ASSERT(n != NULL);
+	place("g", 1, "gpu", "cpu");
+	TT_OK(tn_send(n, c, KICK, 1));
+	TT_EQ(wait_answers(1), 1);
+	TT_EQ(ok_answers(), 0);
+	TT_ASSERT(last_has("code", "crashed"));
+	TT_ASSERT(last_has("message", "step 'g' failed after 1 attempt: no instance of 'g' is "
+	                              "running (placed on label 'gpu')"));
+	TT_EQ(received(n, "g"), 0);
+	TT_EQ(tn_stop(n), 0);
+}
+
 TT_LIST = {
 	TT_ENTRY(linear_steps),
 	TT_ENTRY(retries_then_success),
@@ -947,6 +1077,9 @@ TT_LIST = {
 	TT_ENTRY(nesting_limit_matches_loader),
 	TT_ENTRY(cache_hits_and_ttl),
 	TT_ENTRY(coalesce_identical_calls),
+	TT_ENTRY(placed_least_in_flight),
+	TT_ENTRY(placed_node_down_retries_elsewhere),
+	TT_ENTRY(placed_without_instance_fails_clearly),
 	TT_END,
 };
 

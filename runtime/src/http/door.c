@@ -1156,6 +1156,7 @@ static const char *err_code_of(int err)
 	switch (err) {
 	case TR_ETIMEDOUT: return "timeout";
 	case TR_ECRASHED: return "crashed";
+	case TR_ENODEDOWN: return "node_down";
 	case TR_EFULL:
 	case TR_EREJECTED:
 	case TR_EDROPPED: return "overload";

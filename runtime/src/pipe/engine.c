@@ -55,10 +55,11 @@ typedef enum fstate {
 	F_DONE
 } fstate;
 
-/* Error classes (retry_on). */
+/* Error classes (retry_on). C_NODE_DOWN (the actor's node went down, or
+ * is not reachable) is retried as "crashed" is, under its own name. */
 enum { C_TIMEOUT = TR_RETRY_TIMEOUT, C_ERROR = TR_RETRY_ERROR, C_OVERLOAD = TR_RETRY_OVERLOAD,
        C_CRASHED = TR_RETRY_CRASHED, C_DEADLINE = 1 << 8, C_INVALID = 1 << 9,
-       C_CANCELLED = 1 << 10, C_BLOCKED = 1 << 11 };
+       C_CANCELLED = 1 << 10, C_BLOCKED = 1 << 11, C_NODE_DOWN = 1 << 12 };
 
 typedef struct run run;
 typedef struct fiber fiber;
@@ -82,6 +83,9 @@ struct fiber {
 	tr_ref target_ref;
 	uint32_t inst;          /* instance of target asked (its "#i"), when it has several */
 	uint32_t attempts;      /* across the fallback too */
+	tr_ref avoid;           /* instance whose attempt failed last (placed targets) */
+	uint8_t placed;         /* target is placed: target_ref may be another node's */
+	uint8_t loaded;         /* this call counts in e->loads under target_ref */
 	uint8_t on_fallback;
 	uint8_t streamed;       /* the actor asked sent deltas (the stream ends with its answer) */
 	uint64_t corr;          /* CALLING */
@@ -214,8 +218,16 @@ static void slots_init(void)
  */
 typedef struct target {
 	uint32_t n;             /* 1, or the actor's instances */
+	/* Placed (on = {...}): its instances are the ones here, when `here`,
+	 * and those other nodes publish; NULL otherwise. Config-owned. */
+	const tr_actor_spec *placed;
+	uint8_t here;
 	char names[][96];
 } target;
+
+/* Most instances one attempt of a placed step chooses from (local ones
+ * first); any beyond are not seen. */
+#define PLACED_MAX 64
 
 /* Pool caps: enough for a busy engine's runs in flight to recycle
  * without malloc, small enough not to hoard memory after a burst. */
@@ -237,6 +249,7 @@ typedef struct engine {
 	tr__map runs;           /* (run ask corr, asker) -> run: for cancels */
 	tr__map step_idx;       /* step address -> index in stats->steps */
 	tr__map streams;        /* stream id -> run (text through the `stream` filter) */
+	tr__map loads;          /* placed steps: instance ref -> our asks in flight to it */
 	uint64_t stream_seq;
 	run *free_runs;         /* pool, at most RUN_POOL_MAX */
 	fiber *free_fibers;     /* pool of branch fibers, at most FIBER_POOL_MAX */
@@ -286,6 +299,7 @@ static const char *cls_name(int cls)
 	case C_INVALID: return "invalid";
 	case C_CANCELLED: return "cancelled";
 	case C_BLOCKED: return "blocked";
+	case C_NODE_DOWN: return "node_down";
 	default: return "error";
 	}
 }
@@ -301,6 +315,8 @@ static int classify(int err)
 	case TR_EKILLED:
 	case TR_ENOACTOR: /* dead or restarting: its supervisor brings it back */
 		return C_CRASHED;
+	case TR_ENODEDOWN: /* another instance may be up: retried like a crash */
+		return C_NODE_DOWN;
 	case TR_EINVAL:
 	case TR_EPROTO:
 		/* The actor says the message is bad (tr_step_fail with EINVAL):
@@ -334,6 +350,8 @@ static const target *target_of(engine *e, const char *name)
 	if (t == NULL)
 		return NULL;
 	t->n = n;
+	t->placed = a != NULL && tr_actor_placed(a) ? a : NULL;
+	t->here = a != NULL && tr_actor_runs_here(e->cfg, a);
 	for (uint32_t i = 0; i < n; i++) {
 		if (n > 1)
 			snprintf(t->names[i], sizeof(t->names[i]), "%s#%u%s", name, i, e->suffix);
@@ -347,18 +365,101 @@ static const target *target_of(engine *e, const char *name)
 	return t;
 }
 
-/* Resolves an actor name to a ref in our generation, round robin over
- * its instances. The registry is asked every time (a restarted actor is
- * a new ref under the same name); only the name strings are cached. */
-static int resolve(engine *e, const char *name, tr_ref *ref, uint32_t *inst)
+/* A target's ref in our generation, round robin over its instances.
+ * The registry is asked every time (a restarted actor is a new ref under
+ * the same name); only the name strings are cached. */
+static int resolve_in(engine *e, const target *t, tr_ref *ref, uint32_t *inst)
 {
-	const target *t = target_of(e, name);
-	if (t == NULL)
-		return TR_ENOMEM;
 	uint32_t i = t->n > 1 ? e->rr++ % t->n : 0;
 	if (inst != NULL)
 		*inst = t->n > 1 ? i + 1 : 0; /* 0: no "#i" */
 	return tr_whereis(e->node, t->names[i], ref);
+}
+
+/* Resolves an actor name of this node (taps, stream filters). */
+static int resolve(engine *e, const char *name, tr_ref *ref, uint32_t *inst)
+{
+	const target *t = target_of(e, name);
+	return t != NULL ? resolve_in(e, t, ref, inst) : TR_ENOMEM;
+}
+
+/* ---- placed targets: least in flight ---------------------------------- */
+
+/* e->loads key of an instance (the map's key 0 means empty). */
+static uint64_t load_key(tr_ref r)
+{
+	return ((uint64_t)r.node << 32 | r.idx) | 1ull << 63;
+}
+
+static uint32_t load_of(engine *e, tr_ref r)
+{
+	tr__map_ent *ent = tr__map_get(&e->loads, load_key(r), r);
+	return ent != NULL ? (uint32_t)(uintptr_t)ent->ptr : 0;
+}
+
+/* f's ask to its placed target is out: count it (without memory it is
+ * not counted, which only makes that instance look idler). */
+static void load_add(engine *e, fiber *f)
+{
+	tr__map_ent *ent = tr__map_get(&e->loads, load_key(f->target_ref), f->target_ref);
+	if (ent != NULL)
+		ent->ptr = (void *)((uintptr_t)ent->ptr + 1);
+	else if (tr__map_put(&e->loads, load_key(f->target_ref), f->target_ref, (void *)1) != TR_OK)
+		return;
+	f->loaded = 1;
+}
+
+/* f's counted call ended (answered, timed out or abandoned). */
+static void load_done(engine *e, fiber *f)
+{
+	if (!f->loaded)
+		return;
+	f->loaded = 0;
+	tr__map_ent *ent = tr__map_get(&e->loads, load_key(f->target_ref), f->target_ref);
+	if (ent == NULL)
+		return;
+	if ((uintptr_t)ent->ptr > 1)
+		ent->ptr = (void *)((uintptr_t)ent->ptr - 1);
+	else
+		tr__map_del(&e->loads, load_key(f->target_ref), f->target_ref, NULL);
+}
+
+/*
+ * Picks the instance of placed target t for f's attempt: among this
+ * node's instances (when it runs them) and those other nodes publish
+ * (tr_whereis_remote: only live members), the one with the fewest of our
+ * asks in flight, ties broken round robin; a retry passes over the
+ * instance that just failed when there is another. TR_ENOACTOR when
+ * there is none at all. Costs a registry lookup per local instance and
+ * one cluster lookup: placed steps only.
+ */
+static int pick_placed(engine *e, fiber *f, const target *t)
+{
+	tr_ref c[PLACED_MAX];
+	size_t n = 0, nlocal, best = 0;
+	uint32_t inst[PLACED_MAX], best_load = UINT32_MAX;
+
+	for (uint32_t i = 0; t->here && i < t->n && n < PLACED_MAX; i++)
+		if (tr_whereis(e->node, t->names[i], &c[n]) == TR_OK)
+			inst[n++] = t->n > 1 ? i + 1 : 0;
+	nlocal = n;
+	n += tr_whereis_remote(e->node, t->placed->name, c + n, PLACED_MAX - n);
+	if (n == 0)
+		return TR_ENOACTOR;
+	size_t start = e->rr++ % n;
+	for (size_t k = 0; k < n; k++) {
+		size_t j = (start + k) % n;
+		uint32_t l;
+		if (n > 1 && tr_ref_eq(c[j], f->avoid))
+			continue;
+		if ((l = load_of(e, c[j])) < best_load) {
+			best = j;
+			best_load = l;
+		}
+	}
+	f->target_ref = c[best];
+	f->inst = best < nlocal ? inst[best] : 0;
+	return TR_OK;
 }
 
 static void targets_free(engine *e)
@@ -612,9 +713,12 @@ static void step_done(engine *e, fiber *f, int ok, int cached, int coalesced)
 			inst[il++] = d[--k];
 	}
 	tr__mp_packer(&pk, &r->trace);
-	if (tr__buf_append(&r->trace, "\x87\xa4step", 6) || tr__mp_pack_cstr(&pk, s->u.call.actor) ||
+	if (tr__buf_append(&r->trace, f->placed ? "\x88\xa4step" : "\x87\xa4step", 6) ||
+	    tr__mp_pack_cstr(&pk, s->u.call.actor) ||
 	    tr__buf_append(&r->trace, "\xa5" "actor", 6) || msgpack_pack_str(&pk, tl + il) ||
 	    tr__buf_append(&r->trace, tg, tl) || tr__buf_append(&r->trace, inst, il) ||
+	    (f->placed && (tr__buf_append(&r->trace, "\xa4node", 5) ||
+	                   msgpack_pack_uint32(&pk, f->target_ref.node))) ||
 	    tr__buf_append(&r->trace, "\xa2us", 3) || msgpack_pack_uint64(&pk, us) ||
 	    tr__buf_append(&r->trace, "\xa8" "attempts", 9) || msgpack_pack_uint32(&pk, f->attempts) ||
 	    tr__buf_append(&r->trace, "\xa6" "cached", 7) ||
@@ -718,6 +822,7 @@ static void unwait(tr_ctx *ctx, engine *e, fiber *f)
 	void *p;
 	if (f->st == F_CALLING) {
 		tr__map_del(&e->calls, f->corr, TR_REF_NONE, &p);
+		load_done(e, f);
 		if (f->timer != 0) { /* its first-byte timer */
 			tr__map_del(&e->timers, f->timer, TR_REF_NONE, &p);
 			(void)tr_timer_cancel(ctx, f->timer);
@@ -1604,6 +1709,8 @@ static int call_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 	f->step_t0 = tr_now_ns();
 	f->ckey.len = 0;
 	f->inst = 0;
+	f->placed = 0;
+	f->avoid = TR_REF_NONE;
 	notify(ctx, e, f, "start", 0);
 	if (s->u.call.cache.on) {
 		tr_body *hit = cache_get(e, f, s);
@@ -1647,6 +1754,7 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 
 	f->last_cls = cls;
 	f->last_err = err;
+	f->avoid = f->target_ref;
 	tr__map_ent *se = tr__map_get(&e->step_idx, (uint64_t)(uintptr_t)s, TR_REF_NONE);
 	step_slot *ss = se ? &e->stats->steps[(uintptr_t)se->ptr] : NULL;
 	if (cls == C_TIMEOUT) {
@@ -1654,7 +1762,8 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 		if (ss)
 			SLOT_ADD(ss->timeouts, 1);
 	}
-	if (!f->on_fallback && (s->u.call.retry_on & cls) && f->attempts < 1 + s->u.call.retries) {
+	uint32_t rclass = cls == C_NODE_DOWN ? C_CRASHED : (uint32_t)cls;
+	if (!f->on_fallback && (s->u.call.retry_on & rclass) && f->attempts < 1 + s->u.call.retries) {
 		uint64_t d = backoff_us(e, s, f->attempts);
 		if (d + MIN_ATTEMPT_US < time_left_us(r)) {
 			uint64_t id;
@@ -1716,16 +1825,25 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	timeout = s->u.call.timeout_us ? s->u.call.timeout_us : 1000000;
 	if (timeout > left)
 		timeout = left;
-	rc = resolve(e, f->target, &f->target_ref, &f->inst);
-	if (rc == TR_ENOMEM) {
+	const target *t = target_of(e, f->target);
+	if (t == NULL) {
 		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
 		return;
 	}
+	f->placed = t->placed != NULL;
+	rc = f->placed ? pick_placed(e, f, t) : resolve_in(e, t, &f->target_ref, &f->inst);
 	if (rc != TR_OK) {
 		f->attempts++;
+		if (f->placed)
+			snprintf(f->last_msg, sizeof(f->last_msg),
+			         "no instance of '%s' is running (placed on %s '%s')", f->target,
+			         t->placed->on_label ? "label" : "node",
+			         t->placed->on_label ? t->placed->on_label : t->placed->on_node);
 		failed_attempt(ctx, e, f, C_CRASHED, TR_ENOACTOR);
 		return;
 	}
+	if (f->placed)
+		f->last_msg[0] = '\0'; /* a "no instance" of an earlier attempt is over */
 	m = tr_msg_new();
 	if (m == NULL) {
 		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
@@ -1740,7 +1858,9 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	m->attempt = (uint16_t)f->attempts;
 	m->arg = (r->req->arg & TR_RUN_EVENTS) ? TR_STEP_DELTAS : 0;
 	rc = tr_ask(ctx, f->target_ref, m, (timeout + 999) / 1000, &corr);
-	if (rc == TR_EFULL) {
+	/* Parking waits for a local actor's WRITABLE (e->parked is keyed by
+	 * its index); another node's full instance is an overload to retry. */
+	if (rc == TR_EFULL && (!f->placed || f->target_ref.node == tr_self(ctx).node)) {
 		/* overflow=block: park until the actor says WRITABLE (it owes
 		 * us exactly one), with the deadline as the limit. */
 		uint64_t id;
@@ -1774,6 +1894,8 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	}
 	f->st = F_CALLING;
 	f->corr = corr;
+	if (f->placed)
+		load_add(e, f);
 	/* first_byte_timeout: the actor must show some output -- a delta or
 	 * its answer -- within it, or the attempt times out (a model server
 	 * that accepted the call and then stalls). Shorter than the attempt's
@@ -1810,6 +1932,7 @@ static void on_reply(tr_ctx *ctx, engine *e, tr_msg *m)
 		return; /* its run is gone (deadline, parallel cut-off); or a tell to redis */
 	fiber *f = p;
 	first_byte(ctx, e, f);
+	load_done(e, f);
 	f->corr = 0;
 	f->st = F_RUNNING;
 	if (f->streamed) {
@@ -2233,6 +2356,7 @@ static void on_timer(tr_ctx *ctx, engine *e, tr_msg *m)
 		 * finds no call and is dropped). */
 		void *q;
 		tr__map_del(&e->calls, f->corr, TR_REF_NONE, &q);
+		load_done(e, f);
 		f->corr = 0;
 		f->st = F_RUNNING;
 		if (f->streamed) {
@@ -2421,6 +2545,7 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 	tr__map_free(&e->runs);
 	tr__map_free(&e->step_idx);
 	tr__map_free(&e->streams);
+	tr__map_free(&e->loads);
 	tr__map_free(&e->parked);
 	tr__map_free(&e->flights); /* empty: every flight ended with its runs */
 	caches_free(e);

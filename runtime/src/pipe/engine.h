@@ -7,15 +7,22 @@
  * comes back to every accepted ask:
  *  - a reply whose body is the final message map, or
  *  - an error reply (TR_MSGF_ERROR, err = a tr_err) whose body is the map
- *    {code = "timeout"|"deadline"|"overload"|"error"|"crashed"|"invalid",
+ *    {code = "timeout"|"deadline"|"overload"|"error"|"crashed"|"node_down"|"invalid",
  *     step = "<actor>" (absent for errors before any step), message = "...",
  *     attempts = n, retry_after_ms = n (overload only)}.
  * The run's deadline is the ask's deadline field (µs since the epoch) if
  * set, clipped to the pipeline's `deadline`.
  *
  * Steps are asks (tag TR_TAG_STEP) to actors found by name in the node
- * registry (`name`, or `name#i` for instances > 1, taken round robin);
- * a step's reply body (a map) replaces the message, an empty reply keeps
+ * registry (`name`, or `name#i` for instances > 1, taken round robin).
+ * A placed actor's (on = {...}) instances are this node's, when it runs
+ * them, and those the other cluster members publish (tr_whereis_remote);
+ * each attempt takes the one with the fewest of this engine's asks in
+ * flight (ties round robin), a retry another one than the instance that
+ * just failed, if there is one. No instance anywhere fails the attempt
+ * as "crashed" (retried); an ask lost with its node fails as
+ * "node_down", retried like "crashed".
+ * A step's reply body (a map) replaces the message, an empty reply keeps
  * it. The engine never blocks: retries wait on timers, a full mailbox
  * with overflow=block parks the run until the actor's TR_TAG_WRITABLE.
  */
@@ -39,7 +46,9 @@
  *   steps is one call step as it ended, in completion order:
  *   {step = <step's actor name as written>, actor = <actor that answered
  *    last, e.g. "rag#1" or the fallback>, us = <duration in µs>,
- *    attempts = n, cached = bool, coalesced = bool, ok = bool}.
+ *    attempts = n, cached = bool, coalesced = bool, ok = bool}, and for a
+ *   placed actor also node = <the node id (tr_node_id) of the instance
+ *   that answered last>.
  *   Skipped steps (`when` false, other route branches) do not appear.
  * TR_RUN_EVENTS: while the run goes, the engine also sends the asker one
  *   message (tag TR_TAG_RUN_EVENT, corr = the run ask's corr) per step
