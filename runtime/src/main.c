@@ -284,10 +284,23 @@ static int start_cluster(tr_node *node, const tr_config *c, tr_cluster **out)
 		memset(secret, 0, sizeof(secret));
 		return 1;
 	}
-	tr_cluster_opts o = {n->name, tr_node_id(node), n->cluster.listen,
-	                     (const char *const *)n->cluster.seeds, n->cluster.nseeds, secret, slen,
-	                     (const char *const *)n->labels, n->nlabels, n->cluster.heartbeat_us,
-	                     n->cluster.suspect_after_us, n->cluster.down_after_us, 0, 0, 0};
+	tr_cluster_opts o = {.name = n->name,
+	                     .node_id = tr_node_id(node),
+	                     .listen = n->cluster.listen,
+	                     .seeds = (const char *const *)n->cluster.seeds,
+	                     .nseeds = n->cluster.nseeds,
+	                     .secret = secret,
+	                     .secret_len = slen,
+	                     .labels = (const char *const *)n->labels,
+	                     .nlabels = n->nlabels,
+	                     .heartbeat_us = n->cluster.heartbeat_us,
+	                     .suspect_after_us = n->cluster.suspect_after_us,
+	                     .down_after_us = n->cluster.down_after_us};
+	/* The DSL requires all three files once tls is given. */
+	tr_cluster_tls_opts tls = {n->cluster.tls.cert_file, n->cluster.tls.key_file,
+	                           n->cluster.tls.ca_file, n->cluster.tls.server_name};
+	if (tls.cert_file != NULL)
+		o.tls = &tls;
 	int rc = tr_cluster_start(node, tr_node_threads(node) - 1, &o, out, err, sizeof(err));
 	memset(secret, 0, sizeof(secret));
 	if (rc != TR_OK) {

@@ -41,177 +41,23 @@
 #include <nng/protocol/pair1/pair.h>
 #include <uv.h>
 
-#include "cluster/cluster.h"
+#include "cluster/cluster_int.h"
 #include "core/alloc.h"
 #include "core/util.h"
 #include "msg/msg_int.h"
 #include "pipe/mp.h"
 #include "sched/sched.h"
 
-#define K_RECV 16              /* receives outstanding */
-#define SEND_SLOTS_MAX 1024    /* send aios at most (more frames are dropped) */
-#define LINKS_MAX 256          /* pipes tracked at most (authenticated or not) */
-#define DIALERS_MAX (TR_CLUSTER_MEMBERS_MAX + 16)
-#define PROBES_MAX 64          /* indirect probes run for others at once */
-#define NONCE_LEN 16
-#define MAC_LEN 32
-#define GOSSIP_EVERY 10        /* heartbeats between unprompted MEMBERS */
-#define FRAME_DEPTH 8          /* nesting a frame may have */
-#define CLOSE_WAIT_MS 2000     /* nng_close at most this long (close_bounded) */
-
-/* Frame types (the `t` field). */
-enum {
-	F_HELLO = 1,
-	F_AUTH,
-	F_MEMBERS,
-	F_PING,
-	F_ACK,
-	F_PING_REQ,
-	F_PING_REQ_ACK,
-	F_LEAVE,
-	F_LEAVE_ACK
-};
-
-/* ---- the nng bridge ------------------------------------------------------ */
-
-enum { Q_RECV = 1, Q_SEND, Q_PIPE_ADD, Q_PIPE_REM, Q_LEAVE };
-
-typedef struct qitem {
-	struct qitem *next;
-	int kind; /* Q_* */
-} qitem;
-
-/* An aio and its queue entry. Recv slots are fixed; send slots are made
- * on demand and recycled on the loop. */
-typedef struct slot {
-	qitem q; /* first: the queue hands back a qitem* */
-	tr_cluster *c;
-	nng_aio *aio;
-	struct slot *free_next;
-	struct slot *all_next;
-} slot;
-
-typedef struct pipe_ev {
-	qitem q;
-	uint32_t pipe;
-	int dialer; /* ADD only: the dialer id, or <= 0 when accepted */
-} pipe_ev;
-
-struct tr_cluster {
-	tr_cluster_stats st;
-	/* set by tr_cluster_start, read-only after */
-	char name[64];
-	uint32_t node_id;
-	char listen[128];
-	char **seeds;
-	size_t nseeds;
-	unsigned char *secret;
-	size_t secret_len;
-	char labels[TR_CLUSTER_LABELS_MAX][32];
-	uint32_t nlabels;
-	uint64_t hb_ns, suspect_ns, down_ns, hs_ns;
-	uint32_t max_frame;
-	uint64_t incarnation;
-	tr_ref ref;
-	/* written by init (before tr_cluster_start returns) */
-	char addr[128];
-	char *err;
-	size_t errlen;
-	atomic_int port;
-	nng_socket sock;
-	int sock_open;
-	/* aios: recv fixed; send pool touched by the loop only */
-	slot recv[K_RECV];
-	slot *send_all, *send_free;
-	unsigned nsend;
-	/* the queue: guarded by qmu */
-	uv_mutex_t qmu;
-	qitem *qhead, *qtail;
-	uv_async_t *async;
-	int closed;      /* no more uv_async_send: the async is closing */
-	qitem leave_item;
-	int leave_queued;
-	/* graceful leave; and the closer thread (shut) */
-	uv_mutex_t lmu;
-	uv_cond_t lcv;
-	int leave_done;
-	uv_thread_t closer;
-	int closer_started, close_done, close_stuck;
-	/* the view, for tr_cluster_view */
-	uv_mutex_t vmu;
-	tr_cluster_member view[TR_CLUSTER_MEMBERS_MAX];
-	size_t nview;
-	/* test hooks (cluster.h) */
-	atomic_uint ignore_pings_from;
-	atomic_uint_fast64_t confirmations;
-};
-
-/* ---- actor state ------------------------------------------------------------ */
-
-enum { L_HS = 1, L_UP };
-
-typedef struct clink {
-	struct clink *next;
-	uint32_t pipe;
-	int dialer;              /* our dialer's id if we dialed it, else <= 0 */
-	int st;                  /* L_* */
-	int got_hello;
-	int any_frame;           /* a well-formed frame came on it */
-	int closing;             /* we closed it (or ignore it): no more frames */
-	uint64_t hs_deadline_ns;
-	uint64_t close_ns;
-	unsigned char my_nonce[NONCE_LEN], peer_nonce[NONCE_LEN];
-	tr_cluster_member peer;  /* from its HELLO */
-} clink;
-
-typedef struct member {
-	tr_cluster_member m;     /* the public part */
-	uint32_t pipe;           /* its authenticated link, 0 = none */
-	uint64_t last_ack_ns;    /* last news of it (ACK, confirmation, join) */
-	uint64_t suspect_ns;     /* when it became suspect */
-	int leave_pending;       /* we left and wait for its LEAVE_ACK */
-} member;
-
-typedef struct dialer_ent {
-	char addr[128];
-	nng_dialer d;
-} dialer_ent;
-
-/* A PING we send for someone else's PING_REQ. */
-typedef struct probe {
-	uint32_t req_pipe;
-	uint64_t req_seq;
-	uint64_t my_seq;
-	uint64_t deadline_ns;
-	char target[64];
-} probe;
-
-typedef struct cstate {
-	tr_cluster *c;
-	uv_loop_t *loop;
-	uv_timer_t *tick;
-	clink *links;
-	unsigned nlinks;
-	member mem[TR_CLUSTER_MEMBERS_MAX]; /* [0] is this node */
-	unsigned nmem;
-	dialer_ent dialers[DIALERS_MAX];
-	unsigned ndialers;
-	probe probes[PROBES_MAX];
-	unsigned nprobes;
-	uint64_t seq;
-	uint64_t rng;
-	uint64_t next_ping_ns;
-	unsigned pings;
-	unsigned leave_pending;
-	int stopping, leaving;
-	int view_dirty, gossip_dirty;
-} cstate;
-
 /* ---- small helpers ------------------------------------------------------------ */
 
 static void bump(atomic_uint_fast64_t *a)
 {
 	atomic_fetch_add_explicit(a, 1, memory_order_relaxed);
+}
+
+void tr__cl_bump(atomic_uint_fast64_t *a)
+{
+	bump(a);
 }
 
 static void add(atomic_uint_fast64_t *a, uint64_t n)
@@ -268,6 +114,11 @@ static int ct_equal(const unsigned char *a, const unsigned char *b, size_t n)
 	return d == 0;
 }
 
+int tr__cl_ct_equal(const unsigned char *a, const unsigned char *b, size_t n)
+{
+	return ct_equal(a, b, n);
+}
+
 /* HMAC-SHA256(secret, n1 || n2 || name). */
 static int mac_of(const tr_cluster *c, const unsigned char *n1, const unsigned char *n2,
                   const char *name, unsigned char out[MAC_LEN])
@@ -285,6 +136,33 @@ static int mac_of(const tr_cluster *c, const unsigned char *n1, const unsigned c
 	                       2 * NONCE_LEN + nl, out) == 0
 	           ? TR_OK
 	           : TR_EIO;
+}
+
+/* The data plane's batch token (remote.c): HMAC-SHA256(secret, "data" ||
+ * from || from_inc || to || to_inc), first TOKEN_LEN bytes. */
+int tr__cl_token(const tr_cluster *c, const char *from, uint64_t from_inc, const char *to,
+                 uint64_t to_inc, unsigned char out[TOKEN_LEN])
+{
+	static const unsigned char nokey[1] = {0};
+	unsigned char in[4 + 64 + 8 + 64 + 8], mac[MAC_LEN];
+	size_t fl = strlen(from), tl = strlen(to), k = 0;
+	const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+	if (md == NULL || fl >= 64 || tl >= 64)
+		return TR_EIO;
+	memcpy(in, "data", 4);
+	k = 4;
+	memcpy(in + k, from, fl + 1); /* the NULs keep the fields apart */
+	k += fl + 1;
+	for (int i = 0; i < 8; i++)
+		in[k++] = (unsigned char)(from_inc >> (56 - 8 * i));
+	memcpy(in + k, to, tl + 1);
+	k += tl + 1;
+	for (int i = 0; i < 8; i++)
+		in[k++] = (unsigned char)(to_inc >> (56 - 8 * i));
+	if (mbedtls_md_hmac(md, c->secret_len ? c->secret : nokey, c->secret_len, in, k, mac) != 0)
+		return TR_EIO;
+	memcpy(out, mac, TOKEN_LEN);
+	return TR_OK;
 }
 
 /* ---- the queue (nng threads -> loop) -------------------------------------- */
@@ -320,6 +198,43 @@ static void aio_cb(void *arg)
 	enqueue(s->c, &s->q);
 }
 
+void tr__cl_aio_cb(void *arg)
+{
+	aio_cb(arg);
+}
+
+/* The endpoints take the socket's options when they are made (so
+ * NNG_OPT_RECVMAXSZ and the redial times set on the socket apply); the
+ * TLS configuration has to be set on each before it starts, and its URL
+ * is the tls+ one (tr__cluster_tls_url maps tcp:// there, so addresses
+ * given as tcp:// work too). */
+int tr__cl_sock_listen(tr_cluster *c, nng_socket s, const char *url, nng_listener *out)
+{
+	char u[160];
+	if (tr__cluster_tls_url(c->tls, url, u, sizeof(u), NULL, 0) != TR_OK)
+		return NNG_EADDRINVAL;
+	int rv = nng_listener_create(out, s, u);
+	if (rv == 0 && ((rv = tr__cluster_tls_listener(c->tls, *out)) != 0 ||
+	                (rv = nng_listener_start(*out, 0)) != 0))
+		nng_listener_close(*out);
+	return rv;
+}
+
+int tr__cl_sock_dial(tr_cluster *c, nng_socket s, const char *url, nng_dialer *out)
+{
+	char u[160];
+	nng_dialer d;
+	if (tr__cluster_tls_url(c->tls, url, u, sizeof(u), NULL, 0) != TR_OK)
+		return NNG_EADDRINVAL;
+	int rv = nng_dialer_create(&d, s, u);
+	if (rv == 0 && ((rv = tr__cluster_tls_dialer(c->tls, d)) != 0 ||
+	                (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0))
+		nng_dialer_close(d);
+	if (rv == 0 && out != NULL)
+		*out = d;
+	return rv;
+}
+
 static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
 	tr_cluster *c = arg;
@@ -350,6 +265,18 @@ static void drain_queue(tr_cluster *c)
 			if (q->kind == Q_SEND) {
 				s->free_next = c->send_free;
 				c->send_free = s;
+			}
+		} else if (q->kind == Q_DRECV || q->kind == Q_DSEND) {
+			slot *s = (slot *)q;
+			nng_msg *m = nng_aio_get_msg(s->aio);
+			nng_aio_set_msg(s->aio, NULL);
+			/* a received batch, or one that was not sent: ours */
+			if (m != NULL && (q->kind == Q_DSEND ? nng_aio_result(s->aio) != 0
+			                                     : nng_aio_result(s->aio) == 0))
+				nng_msg_free(m);
+			if (q->kind == Q_DSEND) {
+				s->free_next = c->dsend_free;
+				c->dsend_free = s;
 			}
 		} else if (q->kind == Q_PIPE_ADD || q->kind == Q_PIPE_REM) {
 			tr__free(q);
@@ -458,8 +385,9 @@ static void send_hello(cstate *cs, clink *l)
 	msgpack_packer pk;
 	tr_buf_init(&b);
 	tr__mp_packer(&pk, &b);
-	int bad = pk_head(&pk, 6, F_HELLO) || kv_str(&pk, "name", c->name) ||
+	int bad = pk_head(&pk, 7, F_HELLO) || kv_str(&pk, "name", c->name) ||
 	          kv_uint(&pk, "id", c->node_id) || kv_str(&pk, "addr", c->addr) ||
+	          kv_str(&pk, "data", c->daddr) ||
 	          kv_labels(&pk, "labels", (const char(*)[32])c->labels, c->nlabels) ||
 	          kv_bin(&pk, "nonce", l->my_nonce, NONCE_LEN) ||
 	          kv_uint(&pk, "inc", c->incarnation);
@@ -664,6 +592,8 @@ static void set_state(cstate *cs, member *m, int st)
 	} else if (st == TR_MEMBER_DOWN) {
 		bump(&cs->c->st.declared_down);
 	}
+	if ((st == TR_MEMBER_DOWN || st == TR_MEMBER_LEFT) && !m->m.self)
+		tr__cl_peer_down(cs, m, TR_ENODEDOWN);
 	cs->view_dirty = cs->gossip_dirty = 1;
 }
 
@@ -756,7 +686,7 @@ static int dial(cstate *cs, const char *addr)
 		return TR_OK;
 	if (cs->ndialers >= DIALERS_MAX)
 		return TR_ELIMIT;
-	int rv = nng_dial(c->sock, addr, &d, NNG_FLAG_NONBLOCK);
+	int rv = tr__cl_sock_dial(c, c->sock, addr, &d);
 	if (rv != 0)
 		return rv == NNG_ENOMEM ? TR_ENOMEM : TR_EINVAL;
 	snprintf(cs->dialers[cs->ndialers].addr, sizeof(cs->dialers[0].addr), "%s", addr);
@@ -859,7 +789,8 @@ static void on_hello(cstate *cs, clink *l, const unsigned char *p, size_t n)
 	const unsigned char *nonce;
 	size_t nl;
 	if (f_member(p, n, &l->peer) != 0 || f_bin(p, n, "nonce", &nonce, &nl) != 0 ||
-	    nl != NONCE_LEN) {
+	    nl != NONCE_LEN ||
+	    f_str(p, n, "data", l->peer.data, sizeof(l->peer.data), 1) != 0) {
 		bump(&c->st.bad_frames);
 		link_close(cs, l);
 		return;
@@ -944,6 +875,7 @@ static void accept_peer(cstate *cs, clink *l)
 	if (rejoin)
 		bump(&c->st.rejoined);
 	set_state(cs, m, TR_MEMBER_ALIVE);
+	tr__cl_peer_up(cs, m);
 	cs->view_dirty = cs->gossip_dirty = 1;
 }
 
@@ -1294,6 +1226,10 @@ static void on_async(uv_async_t *h)
 			tr__free(e);
 			break;
 		}
+		case Q_DRECV:
+		case Q_DSEND:
+			tr__cl_data_event(cs, (slot *)q);
+			break;
 		case Q_LEAVE:
 			uv_mutex_lock(&c->qmu);
 			c->leave_queued = 0;
@@ -1330,6 +1266,7 @@ static void on_tick(uv_timer_t *t)
 	tr_cluster *c = cs->c;
 	uint64_t now = tr_now_ns();
 
+	tr__cl_data_tick(cs, now);
 	/* Handshakes that did not finish; closed links whose REM never came. */
 	for (clink *l = cs->links, *next; l != NULL; l = next) {
 		next = l->next;
@@ -1453,6 +1390,7 @@ static void shut(cstate *cs)
 		nng_aio_stop(c->recv[k].aio);
 	for (slot *s = c->send_all; s != NULL; s = s->all_next)
 		nng_aio_stop(s->aio);
+	tr__cl_data_close(cs);
 	if (c->sock_open) {
 		close_bounded(c); /* pipe events still queue; freed below */
 		c->sock_open = 0;
@@ -1509,7 +1447,7 @@ static int cl_init(tr_ctx *ctx, void *st, const void *arg)
 		shut(cs);
 		return TR_EIO;
 	}
-	if ((rv = nng_listen(c->sock, c->listen, &lst, 0)) != 0) {
+	if ((rv = tr__cl_sock_listen(c, c->sock, c->listen, &lst)) != 0) {
 		int bad_url = rv == NNG_EINVAL || rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP;
 		set_err(c, "cluster: cannot listen on %s: %s", c->listen, nng_strerror(rv));
 		shut(cs);
@@ -1519,6 +1457,12 @@ static int cl_init(tr_ctx *ctx, void *st, const void *arg)
 		port = 0;
 	atomic_store_explicit(&c->port, port, memory_order_relaxed);
 	resolve_addr(c, port);
+	c->ref = tr_self(ctx);
+	cs->ioctx = tr__io_ctx(ctx);
+	if ((rv = tr__cl_data_open(cs)) != TR_OK) {
+		shut(cs);
+		return rv;
+	}
 
 	/* This node, first in the view. */
 	member *self = &cs->mem[cs->nmem++];
@@ -1558,10 +1502,9 @@ static int cl_init(tr_ctx *ctx, void *st, const void *arg)
 
 static int cl_receive(tr_ctx *ctx, void *st, tr_msg *m)
 {
-	(void)ctx;
-	(void)st;
-	(void)m;
-	return TR_OK; /* everything arrives through the bridge */
+	/* Membership arrives through the bridge; the mailbox holds messages
+	 * for other nodes (remote.c). */
+	return tr__cl_data_receive(ctx, st, m);
 }
 
 static void cl_terminate(tr_ctx *ctx, void *st, int reason)
@@ -1606,6 +1549,8 @@ static void cluster_free(tr_cluster *c)
 		nng_aio_free(s->aio);
 		tr__free(s);
 	}
+	tr__cl_data_free(c);
+	tr__cluster_tls_free(c->tls); /* endpoints still open hold their own */
 	for (size_t i = 0; i < c->nseeds; i++)
 		tr__free(c->seeds[i]);
 	tr__free(c->seeds);
@@ -1703,7 +1648,20 @@ int tr_cluster_start(tr_node *n, unsigned worker, const tr_cluster_opts *o, tr_c
 	/* From here on cluster_free undoes everything. */
 	snprintf(c->name, sizeof(c->name), "%s", o->name);
 	c->node_id = o->node_id;
-	snprintf(c->listen, sizeof(c->listen), "%s", o->listen);
+	int tls_rc;
+	if (o->tls != NULL &&
+	    (tls_rc = tr__cluster_tls_new(o->tls, &c->tls, err, errlen)) != TR_OK) {
+		cluster_free(c);
+		return tls_rc;
+	}
+	/* With TLS every URL is tls+ from here on: the one HELLO advertises
+	 * and the seeds (given as tcp:// or tls+tcp://), so that they compare
+	 * equal to the addresses the peers gossip (dial, dialer_find). */
+	if (tr__cluster_tls_url(c->tls, o->listen, c->listen, sizeof(c->listen), err, errlen) !=
+	    TR_OK) {
+		cluster_free(c);
+		return TR_EINVAL;
+	}
 	for (size_t i = 0; i < o->nlabels; i++)
 		snprintf(c->labels[i], sizeof(c->labels[i]), "%s", o->labels[i]);
 	c->nlabels = (uint32_t)o->nlabels;
@@ -1727,7 +1685,12 @@ int tr_cluster_start(tr_node *n, unsigned worker, const tr_cluster_opts *o, tr_c
 		if (c->seeds == NULL)
 			goto oom_free;
 		for (size_t i = 0; i < o->nseeds; i++) {
-			c->seeds[i] = tr__strndup(o->seeds[i], strlen(o->seeds[i]));
+			char u[160];
+			if (tr__cluster_tls_url(c->tls, o->seeds[i], u, sizeof(u), err, errlen) != TR_OK) {
+				cluster_free(c);
+				return TR_EINVAL;
+			}
+			c->seeds[i] = tr__strndup(u, strlen(u));
 			if (c->seeds[i] == NULL)
 				goto oom_free;
 			c->nseeds = i + 1;
@@ -1739,12 +1702,22 @@ int tr_cluster_start(tr_node *n, unsigned worker, const tr_cluster_opts *o, tr_c
 		if (nng_aio_alloc(&c->recv[k].aio, aio_cb, &c->recv[k]) != 0)
 			goto oom_free;
 	}
+	if (o->data_listen != NULL)
+		snprintf(c->data_listen, sizeof(c->data_listen), "%s", o->data_listen);
+	if (tr__cl_data_alloc(c) != TR_OK)
+		goto oom_free;
+	c->node = n;
 
 	c->err = err;
 	c->errlen = errlen;
 	tr_spawn_opts so;
 	memset(&so, 0, sizeof(so));
 	so.name = TR_CLUSTER_NAME;
+	/* The mailbox holds envelopes for other nodes: full means overload,
+	 * refused at once (TR_EREJECTED) like any full remote mailbox. */
+	so.mbox.mailbox = 65536;
+	so.mbox.overflow = TR_OVERFLOW_REJECT;
+	so.mbox.batch = 1024;
 	int rc = tr__spawn_pinned(n, worker, &cluster_ops, c, &so, &c->ref);
 	c->err = NULL;
 	c->errlen = 0;

@@ -81,10 +81,21 @@
 #define TR_CLUSTER_MEMBERS_MAX 64
 #define TR_CLUSTER_LABELS_MAX 16
 
+/* TLS on every cluster link (cluster/tls.h): mutual, both ends show a
+ * certificate that ca_file's CA signed. PEM files, read at start. */
+typedef struct tr_cluster_tls_opts {
+	const char *cert_file;       /* this node's certificate (its chain may follow) */
+	const char *key_file;        /* its private key, unencrypted */
+	const char *ca_file;         /* the CA(s) every node's certificate is checked against */
+	const char *server_name;     /* NULL: any certificate the CA signed; else the name
+	                              * (SAN/CN) a dialed peer's certificate must carry */
+} tr_cluster_tls_opts;
+
 typedef struct tr_cluster_opts {
 	const char *name;            /* this node's name (unique in the cluster) */
 	uint32_t node_id;            /* this node's id in refs (tr_node_id) */
 	const char *listen;          /* "tcp://127.0.0.1:7101" (copied) */
+	const char *data_listen;     /* envelopes: "tcp://host:port"; NULL = listen's host, any port */
 	const char *const *seeds;    /* URLs to dial (copied); may include our own */
 	size_t nseeds;
 	const unsigned char *secret; /* the cluster secret (copied); NULL only with allow_insecure */
@@ -97,6 +108,7 @@ typedef struct tr_cluster_opts {
 	uint64_t handshake_us;       /* 0 = 2 s */
 	uint32_t max_frame;          /* NNG_OPT_RECVMAXSZ; 0 = 4 MiB */
 	int allow_insecure;          /* tests only: no secret */
+	const tr_cluster_tls_opts *tls; /* NULL = plain tcp; else tls+tcp (copied at start) */
 } tr_cluster_opts;
 
 enum { TR_MEMBER_ALIVE = 1, TR_MEMBER_SUSPECT, TR_MEMBER_DOWN, TR_MEMBER_LEFT };
@@ -105,6 +117,7 @@ typedef struct tr_cluster_member {
 	char name[64];
 	uint32_t node_id;
 	char addr[128];
+	char data[160];              /* its data listener (links only; "" in gossip) */
 	char labels[TR_CLUSTER_LABELS_MAX][32];
 	uint32_t nlabels;
 	int state;                   /* TR_MEMBER_* */
@@ -121,6 +134,12 @@ typedef struct tr_cluster_stats {
 	atomic_uint_fast64_t links_up, links_down;
 	atomic_uint_fast64_t suspected, declared_down, rejoined;
 	atomic_uint alive;                 /* members alive, this node included (gauge) */
+	/* the data plane: envelopes carried to and from other nodes */
+	atomic_uint_fast64_t msgs_out, msgs_in, batches_out, batches_in;
+	atomic_uint_fast64_t remote_refused;  /* not carried: link queue or ask window full, too big */
+	atomic_uint_fast64_t remote_failed;   /* asks failed with node_down (pending or new) */
+	atomic_uint_fast64_t remote_undelivered; /* arrived for an actor that is gone or full */
+	atomic_uint_fast64_t bad_batches;     /* malformed, wrong token, unknown sender */
 } tr_cluster_stats;
 
 typedef struct tr_cluster tr_cluster;

@@ -968,9 +968,12 @@ static void check_actor_ref(fctx *f, const char *k, const char *name)
 
 static void build_names(fctx *f, int t, const char *key, char ***out, size_t *n);
 
-/* An nng TCP URL: "tcp://host:port" with a numeric port. */
+/* An nng TCP URL: "tcp://host:port" (or "tls+tcp://host:port") with a
+ * numeric port. */
 static int tcp_url_ok(const char *u)
 {
+	if (strncmp(u, "tls+", 4) == 0)
+		u += 4;
 	const char *c = strrchr(u, ':');
 	char *end = NULL;
 	long port = c ? strtol(c + 1, &end, 10) : -1;
@@ -978,11 +981,51 @@ static int tcp_url_ok(const char *u)
 	       *end == '\0' && port >= 0 && port <= 65535;
 }
 
-/* node { cluster = { listen = ..., seeds = {...}, secret_file = ..., heartbeat, suspect_after, down_after } } */
+/* cluster = { tls = { cert_file = ..., key_file = ..., ca_file = ..., server_name = ... } }
+ * (cluster/tls.h); 1 when the tls key is there. The files are read when
+ * the cluster starts, not here: a config is checked on machines that do
+ * not hold the node's keys. */
+static int build_cluster_tls(fctx *f, int o, tr_node_spec *n)
+{
+	static const char *const keys[] = {"cert_file", "key_file", "ca_file", "server_name"};
+	char **files[] = {&n->cluster.tls.cert_file, &n->cluster.tls.key_file,
+	                  &n->cluster.tls.ca_file};
+	lua_State *L = f->v->L;
+	char b[64];
+	int ty = rget(L, o, "tls"), t = lua_gettop(L);
+	fctx ft;
+	if (ty == LUA_TNIL)
+		goto out;
+	subwho(&ft, f, ": tls");
+	if (ty != LUA_TTABLE) {
+		diag(f->v, f->w, "%s: expected a table like { cert_file = \"node.pem\", key_file = "
+		     "\"node.key\", ca_file = \"ca.pem\" }, got %s", ft.who, got(L, t, b, sizeof(b)));
+		goto out;
+	}
+	check_keys(&ft, t, keys, sizeof(keys) / sizeof(keys[0]), 0, NULL);
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
+		if (!want_str(&ft, t, keys[i], files[i]))
+			diag(f->v, f->w, "%s: %s is required (a PEM file)", ft.who, keys[i]);
+	want_str(&ft, t, "server_name", &n->cluster.tls.server_name);
+out:
+	lua_pop(L, 1);
+	return ty != LUA_TNIL;
+}
+
+/* A tls+tcp URL needs the tls table (which makes every URL tls+tcp). */
+static void check_tls_url(fctx *f, int tls, const char *what, const char *u)
+{
+	if (!tls && strncmp(u, "tls+", 4) == 0)
+		diag(f->v, f->w, "%s: %s: '%s' needs tls = { cert_file = ..., key_file = ..., "
+		     "ca_file = ... }", f->who, what, u);
+}
+
+/* node { cluster = { listen = ..., seeds = {...}, secret_file = ..., heartbeat, suspect_after,
+ * down_after, tls = {...} } } */
 static void build_cluster(fctx *f, int o, tr_node_spec *n)
 {
 	static const char *const keys[] = {"listen", "seeds", "secret_file", "heartbeat",
-	                                   "suspect_after", "down_after"};
+	                                   "suspect_after", "down_after", "tls"};
 	lua_State *L = f->v->L;
 	char b[64];
 	int ty = rget(L, o, "cluster"), t = lua_gettop(L);
@@ -1013,6 +1056,11 @@ static void build_cluster(fctx *f, int o, tr_node_spec *n)
 	if (n->cluster.suspect_after_us && n->cluster.down_after_us &&
 	    n->cluster.down_after_us <= n->cluster.suspect_after_us)
 		diag(f->v, f->w, "%s: down_after must be longer than suspect_after", fc.who);
+	int tls = build_cluster_tls(&fc, t, n);
+	if (n->cluster.listen != NULL)
+		check_tls_url(&fc, tls, "listen", n->cluster.listen);
+	for (size_t i = 0; i < n->cluster.nseeds; i++)
+		check_tls_url(&fc, tls, "seeds", n->cluster.seeds[i]);
 out:
 	lua_pop(L, 1);
 }

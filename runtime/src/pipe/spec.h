@@ -204,6 +204,12 @@ typedef struct tr_node_spec {
 		size_t nseeds;
 		char *secret_file;      /* file holding the cluster secret */
 		uint64_t heartbeat_us, suspect_after_us, down_after_us; /* 0 = defaults */
+		/* cluster = { tls = { ... } }: PEM files (cluster/tls.h); all owned,
+		 * cert_file NULL = plain tcp */
+		struct {
+			char *cert_file, *key_file, *ca_file;
+			char *server_name; /* optional */
+		} tls;
 	} cluster;
 } tr_node_spec;
 

@@ -169,6 +169,15 @@ static void dispatch(tr_ctx *ctx, tr_actor *a, tr_msg *m)
 	ctx->cur = m;
 	ctx->taken = 0;
 	ctx->replied = 0;
+	if (__builtin_expect(m->to.node != n->id, 0)) {
+		/* Carried for another node's actor: only the cluster actor's
+		 * mailbox holds these (tr__enqueue_at). Its asks, replies,
+		 * STOPs and EXITs belong to that actor, not to the carrier. */
+		rc = a->ops->receive(ctx, a->state, m);
+		if (rc != TR_OK)
+			begin_stop(a, rc);
+		goto done;
+	}
 	if (f & TR_MSGF_SYSTEM) {
 		if (m->tag == TR_TAG_STOP) {
 			begin_stop(a, m->err);
