@@ -15,7 +15,11 @@
  * counted, where they reach the cluster and not only nng) while the
  * views stay intact; a node that ignores one peer's
  * PINGs is kept alive by a third member's indirect probe, and is declared
- * down when no third member can vouch for it.
+ * down when no third member can vouch for it. With TLS (certificates made
+ * by openssl in a temp dir): start errors name the bad file; three TLS
+ * nodes form a full mesh and advertise tls+tcp addresses; a node whose
+ * certificate another CA signed never gets in; plain tcp and TLS nodes
+ * never see each other, whichever dials.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -66,6 +70,10 @@ typedef struct cnode {
 static const char *const labels_a[] = {"zone-a", "gpu"};
 static const char *const labels_b[] = {"zone-b"};
 
+/* TLS options of the nodes cn_start starts (NULL: plain tcp); the TLS
+ * cases set it before each start. */
+static const tr_cluster_tls_opts *cn_tls;
+
 /* Starts node `id` named `name`; seeds with `seed` (NULL: none). */
 static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed,
                     const unsigned char *sec, uint64_t hb_us)
@@ -95,6 +103,7 @@ static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed,
 	o.down_after_us = DOWN_US;
 	o.handshake_us = 1000000u;
 	o.max_frame = MAX_FRAME;
+	o.tls = cn_tls;
 	int rc = tr_cluster_start(cn->n, 0, &o, &cn->c, err, sizeof(err));
 	if (rc != TR_OK) {
 		fprintf(stderr, "  tr_cluster_start(%s): %s: %s\n", name, tr_err_name(rc), err);
@@ -459,6 +468,271 @@ static void sc_wrong_secret(int *tt_failed)
 	cn_stop_all(nd, 2);
 }
 
+/* ---- TLS ---------------------------------------------------------------------- */
+
+/* Certificates for the TLS cases, made once by the parent with openssl
+ * (children inherit the directory): CA "ca" signs n1, n2 and n3; CA "ca2"
+ * signs "rogue". both.pem holds both CAs, so the rogue trusts the
+ * cluster's CA too and only its own certificate keeps it out. */
+static char tls_dir[64];
+static pid_t tls_owner;
+static int tls_made; /* 0 not tried, 1 made, -1 failed */
+
+static const char tls_cnf[] =
+	"[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = troupe\n"
+	"[ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+	"subjectKeyIdentifier = hash\n"
+	"[node]\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature\n"
+	"extendedKeyUsage = serverAuth,clientAuth\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n";
+
+static void tls_rmdir(void)
+{
+	char cmd[128];
+	if (getpid() != tls_owner || tls_dir[0] == '\0')
+		return; /* atexit runs in the children too */
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tls_dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "  cannot remove %s\n", tls_dir);
+}
+
+#define EC_KEY "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+
+static int tls_certs(void)
+{
+	static const char *const nodes[][2] = {
+		{"n1", "ca"}, {"n2", "ca"}, {"n3", "ca"}, {"rogue", "ca2"}};
+	char cmd[1024];
+	if (tls_made != 0)
+		return tls_made > 0 ? 0 : -1;
+	tls_made = -1;
+	snprintf(tls_dir, sizeof(tls_dir), "/tmp/troupe-tls-XXXXXX");
+	if (mkdtemp(tls_dir) == NULL) {
+		tls_dir[0] = '\0';
+		return -1;
+	}
+	tls_owner = getpid();
+	atexit(tls_rmdir);
+	snprintf(cmd, sizeof(cmd), "%s/x.cnf", tls_dir);
+	FILE *f = fopen(cmd, "w");
+	if (f == NULL || fputs(tls_cnf, f) < 0 || fclose(f) != 0)
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		const char *ca = i ? "ca2" : "ca";
+		snprintf(cmd, sizeof(cmd),
+		         "cd '%s' && openssl req -x509 -new " EC_KEY " -keyout %s.key -out %s.pem "
+		         "-days 2 -subj /CN=troupe-test-%s -config x.cnf -extensions ca "
+		         ">>openssl.log 2>&1", tls_dir, ca, ca, ca);
+		if (system(cmd) != 0)
+			goto fail;
+	}
+	for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++) {
+		const char *n = nodes[i][0], *ca = nodes[i][1];
+		snprintf(cmd, sizeof(cmd),
+		         "cd '%s' && openssl req -new " EC_KEY " -keyout %s.key -out %s.csr -subj /CN=%s "
+		         "-config x.cnf >>openssl.log 2>&1 && openssl x509 -req -in %s.csr -CA %s.pem "
+		         "-CAkey %s.key -CAcreateserial -out %s.pem -days 2 -extfile x.cnf "
+		         "-extensions node >>openssl.log 2>&1", tls_dir, n, n, n, n, ca, ca, n);
+		if (system(cmd) != 0)
+			goto fail;
+	}
+	snprintf(cmd, sizeof(cmd), "cd '%s' && cat ca.pem ca2.pem >both.pem", tls_dir);
+	if (system(cmd) != 0)
+		goto fail;
+	tls_made = 1;
+	return 0;
+fail:
+	snprintf(cmd, sizeof(cmd), "cat '%s/openssl.log' >&2", tls_dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "  (no openssl log)\n");
+	return -1;
+}
+
+typedef struct tls_files {
+	char cert[96], key[96], ca[96];
+	tr_cluster_tls_opts o;
+} tls_files;
+
+/* Node `node`'s certificate and key, trusting the CA file `ca` ("ca",
+ * "ca2", "both"). */
+static const tr_cluster_tls_opts *tls_of(tls_files *f, const char *node, const char *ca)
+{
+	snprintf(f->cert, sizeof(f->cert), "%s/%s.pem", tls_dir, node);
+	snprintf(f->key, sizeof(f->key), "%s/%s.key", tls_dir, node);
+	snprintf(f->ca, sizeof(f->ca), "%s/%s.pem", tls_dir, ca);
+	f->o = (tr_cluster_tls_opts){f->cert, f->key, f->ca, NULL};
+	return &f->o;
+}
+
+/* A running node with one worker (NULL if not), and options for a
+ * cluster "e1" on it on any port. */
+static tr_node *tls_err_node(tr_cluster_opts *o)
+{
+	tr_node_opts no = {.threads = 1};
+	tr_node *n = NULL;
+	if (tr_node_new(&no, &n) != TR_OK)
+		return NULL;
+	if (tr_node_start(n) != TR_OK) {
+		tr_node_free(n);
+		return NULL;
+	}
+	*o = (tr_cluster_opts){.name = "e1", .node_id = 1, .listen = "tcp://127.0.0.1:0"};
+	return n;
+}
+
+/* Start errors name the file and say what is wrong with it. */
+static void sc_tls_errors(int *tt_failed)
+{
+	tls_files f;
+	tr_cluster *c = NULL;
+	char err[256], path[96];
+	tr_cluster_opts o;
+	tr_node *n = tls_err_node(&o);
+	TT_ASSERT(n != NULL);
+	o.secret = secret;
+	o.secret_len = sizeof(secret) - 1;
+	o.tls = tls_of(&f, "n1", "ca");
+	snprintf(path, sizeof(path), "%s/nothing.pem", tls_dir);
+	f.o.cert_file = path;
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  no file: %s\n", err);
+	TT_ASSERT(strstr(err, "cert_file") != NULL && strstr(err, path) != NULL);
+	/* n1's certificate with n2's key. */
+	tls_of(&f, "n1", "ca");
+	snprintf(path, sizeof(path), "%s/n2.key", tls_dir);
+	f.o.key_file = path;
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  wrong key: %s\n", err);
+	TT_ASSERT(strstr(err, "is not the key of") != NULL);
+	/* A CA file that is not PEM: the key is no certificate. */
+	tls_of(&f, "n1", "ca");
+	snprintf(path, sizeof(path), "%s/n1.key", tls_dir);
+	f.o.ca_file = path;
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  bad ca_file: %s\n", err);
+	TT_ASSERT(strstr(err, "ca_file") != NULL && strstr(err, "mbedtls") != NULL);
+	/* Our own certificate from another CA: no peer would take it. */
+	tls_of(&f, "rogue", "ca");
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  other CA: %s\n", err);
+	TT_ASSERT(strstr(err, "does not verify") != NULL);
+	/* server_name that our certificate does not carry. */
+	tls_of(&f, "n1", "ca");
+	f.o.server_name = "elsewhere.example";
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  server_name: %s\n", err);
+	TT_ASSERT(strstr(err, "elsewhere.example") != NULL);
+	/* TLS rides on tcp only; tls+tcp needs TLS. */
+	tls_of(&f, "n1", "ca");
+	o.listen = "ipc:///tmp/troupe-tls-test.ipc";
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  ipc: %s\n", err);
+	o.tls = NULL;
+	o.listen = "tls+tcp://127.0.0.1:0";
+	TT_RC(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)), TR_EINVAL);
+	fprintf(stderr, "  tls+tcp, no TLS: %s\n", err);
+	/* Good files, and a tls+tcp listen URL as given. */
+	o.tls = tls_of(&f, "n1", "ca");
+	f.o.server_name = "localhost";
+	TT_OK(tr_cluster_start(n, 0, &o, &c, err, sizeof(err)));
+	TT_ASSERT(tr_cluster_port(c) > 0);
+	tr_node_shutdown(n, 0);
+	tr_node_wait(n);
+	tr_node_free(n);
+	tr_cluster_free(c);
+}
+
+/* Two or three TLS nodes form a cluster; n2's seed is given as tcp://
+ * and dialed as tls+tcp://; everyone advertises tls+tcp://. n3 checks
+ * server_name. */
+static void sc_tls_form(int *tt_failed)
+{
+	tls_files f[3];
+	cnode nd[3];
+	char want[72];
+	uint64_t t0 = tr_now_ns();
+	cn_tls = tls_of(&f[0], "n1", "ca");
+	TT_ASSERT(cn_start(&nd[0], "n1", 1, NULL, secret, HB_US) == 0);
+	cn_tls = tls_of(&f[1], "n2", "ca");
+	TT_ASSERT(cn_start(&nd[1], "n2", 2, nd[0].url, secret, HB_US) == 0);
+	cn_tls = tls_of(&f[2], "n3", "ca");
+	f[2].o.server_name = "localhost";
+	snprintf(want, sizeof(want), "tls+%s", nd[0].url);
+	TT_ASSERT(cn_start(&nd[2], "n3", 3, want, secret, HB_US) == 0);
+	TT_ASSERT(converge(nd, 3, 5000));
+	TT_ASSERT(mesh(nd, 3, 3000));
+	fprintf(stderr, "  3 TLS nodes, full mesh after %.0f ms\n", ms_since(t0));
+	for (int i = 0; i < 3; i++) {
+		for (int k = 0; k < 3; k++) {
+			tr_cluster_member m;
+			TT_EQ(state_of(nd[i].c, nd[k].name, &m), TR_MEMBER_ALIVE);
+			snprintf(want, sizeof(want), "tls+%s", nd[k].url);
+			TT_STREQ(m.addr, want);
+		}
+		TT_EQ(ST(nd[i].c, refused), 0);
+		TT_EQ(ST(nd[i].c, bad_frames), 0);
+	}
+	cn_stop_all(nd, 3);
+}
+
+/* Nobody in `nd` sees `name`, and `c` sees only itself. */
+static void no_contact(int *tt_failed, cnode *nd, int n, const char *name, const tr_cluster *c)
+{
+	for (int i = 0; i < n; i++)
+		TT_EQ(state_of(nd[i].c, name, NULL), 0);
+	TT_EQ(tr_cluster_view(c, view_buf, TR_CLUSTER_MEMBERS_MAX), 1);
+	TT_ASSERT(view_buf[0].self);
+}
+
+/* A node whose certificate another CA signed (with the right secret,
+ * trusting the cluster's CA) never gets in: the TLS handshake fails
+ * before any cluster frame, again at every redial. */
+static void sc_tls_wrong_ca(int *tt_failed)
+{
+	tls_files f[3];
+	cnode nd[2], r;
+	cn_tls = tls_of(&f[0], "n1", "ca");
+	TT_ASSERT(cn_start(&nd[0], "n1", 1, NULL, secret, HB_US) == 0);
+	cn_tls = tls_of(&f[1], "n2", "ca");
+	TT_ASSERT(cn_start(&nd[1], "n2", 2, nd[0].url, secret, HB_US) == 0);
+	TT_ASSERT(converge(nd, 2, 5000));
+	uint64_t up0 = ST(nd[0].c, links_up);
+	cn_tls = tls_of(&f[2], "rogue", "both");
+	TT_ASSERT(cn_start(&r, "rogue", 9, nd[0].url, secret, HB_US) == 0);
+	tn_sleep_ms(1500); /* nng redials at 100 ms, then backs off */
+	no_contact(tt_failed, nd, 2, "rogue", r.c);
+	TT_EQ(state_of(r.c, "n1", NULL), 0);
+	TT_EQ(ST(nd[0].c, links_up), up0);
+	TT_EQ(ST(nd[0].c, refused), 0); /* never a pipe: nothing to refuse */
+	TT_EQ(ST(r.c, links_up), 0);
+	TT_EQ(state_of(nd[0].c, "n2", NULL), TR_MEMBER_ALIVE);
+	cn_stop(&r);
+	cn_stop_all(nd, 2);
+}
+
+/* Plain tcp and TLS do not mix, either way round: a plain node dialing a
+ * TLS node, and a TLS node dialing a plain one. */
+static void sc_tls_plain_refused(int *tt_failed)
+{
+	tls_files f;
+	cnode t, p[2];
+	cn_tls = NULL;
+	TT_ASSERT(cn_start(&p[0], "plain1", 4, NULL, secret, HB_US) == 0);
+	cn_tls = tls_of(&f, "n1", "ca");
+	TT_ASSERT(cn_start(&t, "n1", 1, p[0].url, secret, HB_US) == 0);
+	cn_tls = NULL;
+	TT_ASSERT(cn_start(&p[1], "plain2", 6, t.url, secret, HB_US) == 0);
+	tn_sleep_ms(1500);
+	no_contact(tt_failed, &t, 1, "plain1", p[0].c);
+	no_contact(tt_failed, &t, 1, "plain2", p[1].c);
+	no_contact(tt_failed, p, 2, "n1", t.c);
+	TT_EQ(ST(t.c, links_up), 0);
+	TT_EQ(ST(p[0].c, links_up), 0);
+	TT_EQ(ST(p[1].c, links_up), 0);
+	cn_stop(&p[1]);
+	cn_stop(&t);
+	cn_stop(&p[0]);
+}
+
 /* ---- hostile bytes ----------------------------------------------------------- */
 
 static int raw_connect(int port)
@@ -761,6 +1035,27 @@ TT_TEST(wrong_secret)
 	in_child(sc_wrong_secret, "wrong_secret", tt_failed);
 }
 
+/* The TLS cases need the certificates; without openssl they are skipped. */
+static void in_child_tls(void (*fn)(int *), const char *name, int *tt_failed)
+{
+	if (tls_certs() != 0) {
+		fprintf(stderr, "  %s: skipped: cannot make certificates with openssl\n", name);
+		return;
+	}
+	in_child(fn, name, tt_failed);
+}
+
+#define TLS_TEST(name)                                                        \
+	TT_TEST(name)                                                            \
+	{                                                                        \
+		in_child_tls(sc_##name, #name, tt_failed);                           \
+	}
+
+TLS_TEST(tls_errors)
+TLS_TEST(tls_form)
+TLS_TEST(tls_wrong_ca)
+TLS_TEST(tls_plain_refused)
+
 TT_TEST(garbage)
 {
 	in_child(sc_garbage, "garbage", tt_failed);
@@ -777,6 +1072,10 @@ TT_LIST = {
 	TT_ENTRY(down_then_rejoin),
 	TT_ENTRY(leave),
 	TT_ENTRY(wrong_secret),
+	TT_ENTRY(tls_errors),
+	TT_ENTRY(tls_form),
+	TT_ENTRY(tls_wrong_ca),
+	TT_ENTRY(tls_plain_refused),
 	TT_ENTRY(garbage),
 	TT_ENTRY(indirect_probe),
 	TT_END,
