@@ -10,6 +10,9 @@
  * message and wake the worker's loop with uv_async_send (../shared/
  * deps.md §4); sends are aios too. NNG_OPT_RECVMAXSZ is set before
  * listen/dial (nng's default is unlimited), redial times are explicit.
+ * With tls options every endpoint the cluster makes is tls+tcp with
+ * mutual certificate checks (cluster/tls.h); the HMAC handshake below
+ * still runs inside TLS.
  *
  * Wire. Every nng message is one frame: a msgpack map
  *     {v = TR_CLUSTER_VERSION, t = <type>, ...}
