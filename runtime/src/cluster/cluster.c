@@ -1531,6 +1531,11 @@ static void cluster_free(tr_cluster *c)
 {
 	if (c == NULL)
 		return;
+	uv_mutex_lock(&c->lmu);
+	int dstuck = c->dclosing > 0;
+	uv_mutex_unlock(&c->lmu);
+	if (dstuck)
+		return; /* a data socket's close hangs (remote.c close_async): nng may still use c */
 	if (c->closer_started) {
 		uv_mutex_lock(&c->lmu);
 		int stuck = !c->close_done;
@@ -1810,7 +1815,7 @@ int tr__cluster_test_close_stuck(const tr_cluster *c)
 {
 	tr_cluster *h = (tr_cluster *)c; /* the mutex is not const */
 	uv_mutex_lock(&h->lmu);
-	int stuck = h->close_stuck;
+	int stuck = h->close_stuck || h->dclosing > 0;
 	uv_mutex_unlock(&h->lmu);
 	return stuck;
 }

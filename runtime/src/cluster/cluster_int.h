@@ -166,6 +166,7 @@ struct tr_cluster {
 	int leave_done;
 	uv_thread_t closer;
 	int closer_started, close_done, close_stuck;
+	int dclosing;            /* data sockets being closed by threads (remote.c close_async) */
 	/* the view, for tr_cluster_view */
 	uv_mutex_t vmu;
 	tr_cluster_member view[TR_CLUSTER_MEMBERS_MAX];

@@ -52,6 +52,7 @@
  * count u32 | count x (len u32 | envelope, tr_msg_encode). Everything is
  * checked against the bytes present; tr_msg_decode checks each envelope.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -115,6 +116,54 @@ static tr_ref unpack_ref(uint32_t node, const void *p)
 	return (tr_ref){node, (uint32_t)(v >> 32), (uint32_t)v};
 }
 
+/* ---- closing sockets ------------------------------------------------------------ */
+
+/*
+ * nng_close on a thread of its own. nng 1.5.2 sometimes never returns
+ * from it (nng #1543: its reaper waits for a pipe whose task never ran;
+ * cluster.c close_bounded has the story), here too: a push socket closed
+ * on LEAVE or down, the pull socket at shutdown. The loop never waits
+ * for one; shutdown waits for all of them at most CLOSE_WAIT_MS, and a
+ * close that hangs leaves the handle allocated (tr_cluster_free). The
+ * aios of the socket complete into the queue either way, where their
+ * epoch makes them harmless.
+ */
+typedef struct closing {
+	tr_cluster *c;
+	nng_socket s;
+} closing;
+
+static void close_main(void *arg)
+{
+	closing *x = arg;
+	tr_cluster *c = x->c;
+	nng_close(x->s);
+	tr__free(x);
+	uv_mutex_lock(&c->lmu);
+	c->dclosing--;
+	uv_cond_broadcast(&c->lcv);
+	uv_mutex_unlock(&c->lmu);
+}
+
+static void close_async(tr_cluster *c, nng_socket s)
+{
+	uv_thread_t t;
+	closing *x = tr__malloc(sizeof(*x));
+	if (x == NULL) {
+		nng_close(s);
+		return;
+	}
+	*x = (closing){c, s};
+	uv_mutex_lock(&c->lmu);
+	c->dclosing++;
+	uv_mutex_unlock(&c->lmu);
+	if (uv_thread_create(&t, close_main, x) != 0) {
+		close_main(x);
+		return;
+	}
+	pthread_detach(t); /* nobody joins it: it may never end */
+}
+
 /* ---- peers -------------------------------------------------------------- */
 
 /* The peer we carry messages to now, or NULL; any thread. */
@@ -166,7 +215,7 @@ static void peer_reset(cstate *cs, peer *p, int err)
 	if (p->push_open) {
 		/* Aborts the sends outstanding; their completions find a new
 		 * epoch and only free their message. */
-		nng_close(p->push);
+		close_async(c, p->push);
 		p->push_open = 0;
 	}
 	p->epoch++;
@@ -980,9 +1029,21 @@ void tr__cl_data_close(cstate *cs)
 	for (slot *s = c->dsend_all; s != NULL; s = s->all_next)
 		nng_aio_stop(s->aio);
 	if (c->dsock_open) {
-		nng_close(c->dsock);
+		close_async(c, c->dsock);
 		c->dsock_open = 0;
 	}
+	uint64_t until = tr_now_ns() + (uint64_t)CLOSE_WAIT_MS * 1000000u;
+	uv_mutex_lock(&c->lmu);
+	while (c->dclosing > 0) {
+		uint64_t now = tr_now_ns();
+		if (now >= until || uv_cond_timedwait(&c->lcv, &c->lmu, until - now) == UV_ETIMEDOUT)
+			break;
+	}
+	int stuck = c->dclosing > 0;
+	uv_mutex_unlock(&c->lmu);
+	if (stuck)
+		fprintf(stderr, "cluster: a data socket's nng_close did not return within %d ms "
+		        "(nng 1.5.2 bug); leaving it behind\n", CLOSE_WAIT_MS);
 }
 
 int tr__cl_data_alloc(tr_cluster *c)
