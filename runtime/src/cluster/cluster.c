@@ -1469,6 +1469,7 @@ static int cl_init(tr_ctx *ctx, void *st, const void *arg)
 	snprintf(self->m.name, sizeof(self->m.name), "%s", c->name);
 	self->m.node_id = c->node_id;
 	snprintf(self->m.addr, sizeof(self->m.addr), "%s", c->addr);
+	snprintf(self->m.data, sizeof(self->m.data), "%s", c->daddr);
 	memcpy(self->m.labels, c->labels, sizeof(c->labels));
 	self->m.nlabels = c->nlabels;
 	self->m.state = TR_MEMBER_ALIVE;

@@ -481,9 +481,10 @@ void tr__api_cluster(tr_door *d, door_resp *r)
 		for (uint32_t k = 0; k < v[i].nlabels; k++)
 			json_array_append_new(labels, json_string(v[i].labels[k]));
 		int st = v[i].state >= 1 && v[i].state <= 4 ? v[i].state : 0;
-		json_array_append_new(ms, json_pack("{s:s,s:I,s:s,s:o,s:s,s:I,s:I,s:f,s:b}",
+		json_array_append_new(ms, json_pack("{s:s,s:I,s:s,s:s,s:o,s:s,s:I,s:I,s:f,s:b}",
 		                                    "name", v[i].name, "node_id", (json_int_t)v[i].node_id,
-		                                    "addr", v[i].addr, "labels", labels, "state",
+		                                    "addr", v[i].addr, "data", v[i].data, "labels", labels,
+		                                    "state",
 		                                    member_states[st], "incarnation",
 		                                    (json_int_t)v[i].incarnation, "since_us",
 		                                    (json_int_t)v[i].since_us, "rtt_ms",
@@ -517,6 +518,14 @@ static void cluster_metrics(tr_door *d, tr_buf *b)
 		C(links_up, "Links authenticated."), C(links_down, "Links closed."),
 		C(suspected, "Members suspected."), C(declared_down, "Members declared down."),
 		C(rejoined, "Members that came back."),
+		C(msgs_out, "Envelopes carried to actors on other nodes."),
+		C(msgs_in, "Envelopes from other nodes delivered here (or refused here)."),
+		C(batches_out, "Batches (nng messages) of envelopes sent."),
+		C(batches_in, "Batches of envelopes received."),
+		C(remote_refused, "Messages for other nodes refused: the link's queue or ask window full (overload)."),
+		C(remote_failed, "Asks and sends that failed with node_down."),
+		C(remote_undelivered, "Envelopes from other nodes whose target was gone or full."),
+		C(bad_batches, "Batches dropped: malformed, wrong token or unknown sender."),
 #undef C
 	};
 	put_counters(b, s, cs, sizeof(cs) / sizeof(cs[0]));
