@@ -287,6 +287,7 @@ static int start_cluster(tr_node *node, const tr_config *c, tr_cluster **out)
 	tr_cluster_opts o = {.name = n->name,
 	                     .node_id = tr_node_id(node),
 	                     .listen = n->cluster.listen,
+	                     .data_listen = n->cluster.data_listen,
 	                     .seeds = (const char *const *)n->cluster.seeds,
 	                     .nseeds = n->cluster.nseeds,
 	                     .secret = secret,

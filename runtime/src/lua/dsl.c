@@ -1025,7 +1025,7 @@ static void check_tls_url(fctx *f, int tls, const char *what, const char *u)
 static void build_cluster(fctx *f, int o, tr_node_spec *n)
 {
 	static const char *const keys[] = {"listen", "seeds", "secret_file", "heartbeat",
-	                                   "suspect_after", "down_after", "tls"};
+	                                   "suspect_after", "down_after", "tls", "data_listen"};
 	lua_State *L = f->v->L;
 	char b[64];
 	int ty = rget(L, o, "cluster"), t = lua_gettop(L);
@@ -1049,6 +1049,10 @@ static void build_cluster(fctx *f, int o, tr_node_spec *n)
 		if (!tcp_url_ok(n->cluster.seeds[i]))
 			diag(f->v, f->w, "%s: seeds: element %zu: expected \"tcp://host:port\", got '%s'",
 			     fc.who, i + 1, n->cluster.seeds[i]);
+	if (want_str(&fc, t, "data_listen", &n->cluster.data_listen) &&
+	    n->cluster.data_listen != NULL && !tcp_url_ok(n->cluster.data_listen))
+		diag(f->v, f->w, "%s: data_listen: expected \"tcp://host:port\", got '%s'", fc.who,
+		     n->cluster.data_listen);
 	want_str(&fc, t, "secret_file", &n->cluster.secret_file);
 	want_dur_in(&fc, t, "heartbeat", MS_US, HOUR_US, "1ms", "1h", &n->cluster.heartbeat_us);
 	want_dur_in(&fc, t, "suspect_after", MS_US, HOUR_US, "1ms", "1h", &n->cluster.suspect_after_us);

@@ -113,6 +113,7 @@ void tr_config_free(tr_config *c)
 		tr__free(c->node.cluster.seeds[i]);
 	tr__free(c->node.cluster.seeds);
 	tr__free(c->node.cluster.secret_file);
+	tr__free(c->node.cluster.data_listen);
 	tr__free(c->node.cluster.tls.cert_file);
 	tr__free(c->node.cluster.tls.key_file);
 	tr__free(c->node.cluster.tls.ca_file);

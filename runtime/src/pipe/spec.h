@@ -203,6 +203,7 @@ typedef struct tr_node_spec {
 		char **seeds;           /* owned */
 		size_t nseeds;
 		char *secret_file;      /* file holding the cluster secret */
+		char *data_listen;      /* envelopes from other nodes; NULL = listen's host, any port */
 		uint64_t heartbeat_us, suspect_after_us, down_after_us; /* 0 = defaults */
 		/* cluster = { tls = { ... } }: PEM files (cluster/tls.h); all owned,
 		 * cert_file NULL = plain tcp */
