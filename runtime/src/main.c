@@ -523,8 +523,9 @@ static int cmd_run(int argc, char **argv)
 		}
 		log_json(LOG_INFO, "stopping", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
 		         (const char *)NULL);
-		if (cl != NULL)
-			tr_cluster_leave(cl, 500); /* the others mark us "left" at once */
+		/* The others stop sending us new work, and what they sent is
+		 * answered during the drain; leave only after it. */
+		tr_cluster_retire(cl);
 		break;
 	}
 	if (door != NULL && drain(door, tr_live_config(live), &set) != 0) {
@@ -534,6 +535,15 @@ static int cmd_run(int argc, char **argv)
 		if (pid_file != NULL)
 			unlink(pid_file);
 		_exit(1);
+	}
+	if (cl != NULL) {
+		/* The empty name list goes out on the cluster's next tick (at
+		 * most 250 ms); until the others have it they may still route
+		 * new work here, which is served. Then LEAVE: they mark us
+		 * "left" at once. */
+		struct timespec settle = {0, 300 * 1000 * 1000};
+		nanosleep(&settle, NULL);
+		tr_cluster_leave(cl, 500);
 	}
 	tr_node_shutdown(node, 0);
 	code = tr_node_wait(node) == 0 ? 0 : 1;

@@ -154,6 +154,10 @@ typedef struct tr_cluster tr_cluster;
  * TR_ENOMEM. Free with tr_cluster_free after the node has stopped. */
 int tr_cluster_start(tr_node *n, unsigned worker, const tr_cluster_opts *o, tr_cluster **out,
                      char *err, size_t errlen);
+/* Before a drain: this node stops publishing its names, so the others
+ * stop picking its actors for new work (within one tick, <= 250 ms),
+ * while links stay up and work in flight finishes. Thread-safe. */
+void tr_cluster_retire(tr_cluster *c);
 /* Graceful leave: sends LEAVE to every member it has a link to and
  * waits (at most wait_ms) until each answered LEAVE_ACK or its link
  * closed. Afterwards this node stops probing and gossiping. Call before

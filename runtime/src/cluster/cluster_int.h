@@ -180,6 +180,7 @@ struct tr_cluster {
 	slot *dsend_all, *dsend_free; /* batch send aios (loop only) */
 	peer peers[PEERS_MAX];
 	uv_rwlock_t nmu;         /* peers' names */
+	atomic_int retired;      /* tr_cluster_retire: publish no names (relaxed: the tick polls it) */
 	int nmu_init;
 	tr_node *node;
 	/* test hooks (cluster.h) */
@@ -250,6 +251,7 @@ typedef struct cstate {
 	tr_ctx ioctx;            /* init's ctx, for sends from uv callbacks */
 	int flush_queued;        /* a FLUSH marker waits in our mailbox */
 	unsigned names_ver;      /* registry version last published */
+	int retired_sent;        /* the empty list went out after tr_cluster_retire */
 	tr__map proxies;         /* our monitor id -> proxy: remote watchers of local actors */
 	unsigned in_total;       /* batches held in peers' rings */
 	slot *stalled;           /* receive slots not re-armed while too many are held */

@@ -484,7 +484,10 @@ static void send_names(cstate *cs)
 	tr__mp_packer(&a.pk, &items);
 	a.n = 0;
 	a.bad = 0;
-	tr__names_each(c->node, name_one, &a);
+	if (!atomic_load_explicit(&c->retired, memory_order_relaxed))
+		tr__names_each(c->node, name_one, &a);
+	else
+		cs->retired_sent = 1; /* an empty list: others stop picking our actors */
 	tr__mp_packer(&pk, &b);
 	/* The header, then the items as they are (the packer's raw write). */
 	a.bad |= msgpack_pack_array(&pk, a.n) ||
@@ -935,11 +938,18 @@ void tr__cl_peer_down(cstate *cs, const member *m, int err)
 		peer_reset(cs, p, err);
 }
 
+void tr_cluster_retire(tr_cluster *c)
+{
+	if (c != NULL)
+		atomic_store_explicit(&c->retired, 1, memory_order_relaxed);
+}
+
 void tr__cl_data_tick(cstate *cs, uint64_t now)
 {
 	tr_cluster *c = cs->c;
 	unsigned v = atomic_load_explicit(&c->node->names_ver, memory_order_relaxed);
-	if (v != cs->names_ver) {
+	int retired = atomic_load_explicit(&c->retired, memory_order_relaxed);
+	if (v != cs->names_ver || (retired && !cs->retired_sent)) {
 		cs->names_ver = v;
 		send_names(cs);
 	}
