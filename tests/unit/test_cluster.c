@@ -38,6 +38,7 @@
 #include "cluster/cluster.h"
 #include "tt.h"
 #include "tnode.h"
+#include "tcluster.h"
 
 /*
  * LeakSanitizer: nng 1.5.2 loses a message it accepted for a pipe that
@@ -113,19 +114,11 @@ static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed,
 	return 0;
 }
 
-/* Set when a cluster's nng_close hung (nng 1.5.2, see in_child). */
-static int nng_stuck;
-
 static void cn_stop(cnode *cn)
 {
 	if (cn->n == NULL)
 		return;
-	tr_node_shutdown(cn->n, 0);
-	tr_node_wait(cn->n);
-	if (tr__cluster_test_close_stuck(cn->c))
-		nng_stuck = 1;
-	tr_node_free(cn->n);
-	tr_cluster_free(cn->c);
+	tc_stop(cn->n, cn->c);
 	cn->n = NULL;
 	cn->c = NULL;
 }
@@ -158,12 +151,6 @@ static int state_of(const tr_cluster *c, const char *name, tr_cluster_member *ou
 	return 0;
 }
 
-static uint64_t cstat(const tr_cluster *c, size_t off)
-{
-	const char *s = (const char *)tr_cluster_stats_of(c);
-	return atomic_load((const atomic_uint_fast64_t *)(s + off));
-}
-#define ST(c, f) cstat((c), offsetof(tr_cluster_stats, f))
 
 struct want {
 	cnode *nodes;
@@ -961,78 +948,29 @@ static void sc_indirect_probe(int *tt_failed)
 }
 
 
-/* ---- one child process per scenario --------------------------------------- */
-
-/*
- * nng 1.5.2 sometimes never returns from nng_close (its one reaper thread
- * waits for ever on a pipe receive: nng #1543, fixed in 1.7.2). The
- * cluster bounds the wait (close_bounded), but the stuck reaper is
- * process-wide: later pipes of every socket in the process are never
- * reaped. So each scenario runs in its own process (nng is never touched
- * by this one, so fork is safe), and a scenario that failed after that
- * hang was hit is run again, at most twice more, saying so.
- */
-static void in_child(void (*fn)(int *), const char *name, int *tt_failed)
-{
-	for (int attempt = 1; attempt <= 3; attempt++) {
-		fflush(stdout);
-		fflush(stderr);
-		pid_t pid = fork();
-		if (pid < 0) {
-			*tt_failed = 1;
-			return;
-		}
-		if (pid == 0) {
-			int failed = 0;
-			fn(&failed);
-			exit(failed ? (nng_stuck ? 77 : 1) : 0);
-		}
-		int st = 0;
-		uint64_t until = tr_now_ns() + 90ull * 1000000000u;
-		while (waitpid(pid, &st, WNOHANG) == 0) {
-			if (tr_now_ns() > until) {
-				fprintf(stderr, "  %s: timed out\n", name);
-				kill(pid, SIGKILL);
-				waitpid(pid, &st, 0);
-				*tt_failed = 1;
-				return;
-			}
-			tn_sleep_ms(10);
-		}
-		if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-			return;
-		if (!(WIFEXITED(st) && WEXITSTATUS(st) == 77)) {
-			*tt_failed = 1;
-			return;
-		}
-		fprintf(stderr, "  %s: failed after nng 1.5.2's close hang; again (%d)\n", name, attempt);
-	}
-	*tt_failed = 1;
-}
-
 TT_TEST(start_errors)
 {
-	in_child(sc_start_errors, "start_errors", tt_failed);
+	tc_in_child(sc_start_errors, "start_errors", tt_failed);
 }
 
 TT_TEST(form_and_view)
 {
-	in_child(sc_form_and_view, "form_and_view", tt_failed);
+	tc_in_child(sc_form_and_view, "form_and_view", tt_failed);
 }
 
 TT_TEST(down_then_rejoin)
 {
-	in_child(sc_down_then_rejoin, "down_then_rejoin", tt_failed);
+	tc_in_child(sc_down_then_rejoin, "down_then_rejoin", tt_failed);
 }
 
 TT_TEST(leave)
 {
-	in_child(sc_leave, "leave", tt_failed);
+	tc_in_child(sc_leave, "leave", tt_failed);
 }
 
 TT_TEST(wrong_secret)
 {
-	in_child(sc_wrong_secret, "wrong_secret", tt_failed);
+	tc_in_child(sc_wrong_secret, "wrong_secret", tt_failed);
 }
 
 /* The TLS cases need the certificates; without openssl they are skipped. */
@@ -1042,7 +980,7 @@ static void in_child_tls(void (*fn)(int *), const char *name, int *tt_failed)
 		fprintf(stderr, "  %s: skipped: cannot make certificates with openssl\n", name);
 		return;
 	}
-	in_child(fn, name, tt_failed);
+	tc_in_child(fn, name, tt_failed);
 }
 
 #define TLS_TEST(name)                                                        \
@@ -1058,12 +996,12 @@ TLS_TEST(tls_plain_refused)
 
 TT_TEST(garbage)
 {
-	in_child(sc_garbage, "garbage", tt_failed);
+	tc_in_child(sc_garbage, "garbage", tt_failed);
 }
 
 TT_TEST(indirect_probe)
 {
-	in_child(sc_indirect_probe, "indirect_probe", tt_failed);
+	tc_in_child(sc_indirect_probe, "indirect_probe", tt_failed);
 }
 
 TT_LIST = {

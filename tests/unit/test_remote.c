@@ -30,6 +30,7 @@
 #include "cluster/cluster.h"
 #include "tt.h"
 #include "tnode.h"
+#include "tcluster.h"
 
 /* nng 1.5.2 loses messages queued on a pipe that closes (nng #1713);
  * the kill case does that on purpose. */
@@ -102,20 +103,9 @@ static void cn_stop(cnode *cn)
 	if (cn->n == NULL)
 		return;
 	tr_cluster_leave(cn->c, 300);
-	tr_node_shutdown(cn->n, 0);
-	tr_node_wait(cn->n);
-	tr_node_free(cn->n);
-	if (!tr__cluster_test_close_stuck(cn->c))
-		tr_cluster_free(cn->c);
+	tc_stop(cn->n, cn->c);
 	cn->n = NULL;
 }
-
-static uint64_t cstat(const tr_cluster *c, size_t off)
-{
-	const char *s = (const char *)tr_cluster_stats_of(c);
-	return atomic_load((const atomic_uint_fast64_t *)(s + off));
-}
-#define ST(c, f) cstat((c), offsetof(tr_cluster_stats, f))
 
 static void note_err(int rc)
 {
@@ -589,50 +579,19 @@ static void sc_garbage(int *tt_failed)
 	cn_stop(&a);
 }
 
-static void in_child(void (*fn)(int *), const char *name, int *tt_failed)
-{
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
-	if (pid < 0) {
-		*tt_failed = 1;
-		return;
-	}
-	if (pid == 0) {
-		int failed = 0;
-		fn(&failed);
-		fflush(stdout);
-		_exit(failed ? 1 : 0);
-	}
-	int st = 0;
-	uint64_t until = tr_now_ns() + 90ull * 1000000000u;
-	while (waitpid(pid, &st, WNOHANG) == 0) {
-		if (tr_now_ns() > until) {
-			fprintf(stderr, "  %s: timed out\n", name);
-			kill(pid, SIGKILL);
-			waitpid(pid, &st, 0);
-			*tt_failed = 1;
-			return;
-		}
-		tn_sleep_ms(10);
-	}
-	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		*tt_failed = 1;
-}
-
 TT_TEST(basic)
 {
-	in_child(sc_basic, "basic", tt_failed);
+	tc_in_child(sc_basic, "basic", tt_failed);
 }
 
 TT_TEST(node_down)
 {
-	in_child(sc_node_down, "node_down", tt_failed);
+	tc_in_child(sc_node_down, "node_down", tt_failed);
 }
 
 TT_TEST(garbage)
 {
-	in_child(sc_garbage, "garbage", tt_failed);
+	tc_in_child(sc_garbage, "garbage", tt_failed);
 }
 
 TT_LIST = {
