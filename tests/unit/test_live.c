@@ -251,6 +251,48 @@ static void one_init(void)
 	tr_buf_init(&one_out);
 }
 
+/* A node running the Lua file `text` (written as `file` in a new dir;
+ * its path in `path`, 128 bytes) under *live, with a one_msg client
+ * (probe id `id`) in *client. NULL if loading fails (diagnostics
+ * printed). */
+static tr_node *one_start(const char *file, const char *text, char *path, int id,
+                          tr_live **live, tr_ref *client)
+{
+	static probe_cfg cc[4];
+	const char *files[1] = {path};
+	tr_diag diag;
+	one_init();
+	snprintf(dir, sizeof(dir), "/tmp/troupe-live-XXXXXX");
+	if (mkdtemp(dir) == NULL)
+		return NULL;
+	snprintf(path, 128, "%s/%s", dir, file);
+	write_file(file, text);
+	tr_node *n = tn_start(2);
+	if (tr_live_new(n, live) != TR_OK)
+		return NULL;
+	tr_diag_init(&diag);
+	int rc = tr_live_load(*live, files, 1, &diag);
+	for (size_t i = 0; i < diag.n; i++)
+		fprintf(stderr, "  %s\n", diag.msgs[i]);
+	tr_diag_free(&diag);
+	cc[id % 4] = (probe_cfg){.id = id, .on_msg = one_msg};
+	if (rc != TR_OK || tn_spawn(n, &cc[id % 4], NULL, client) != TR_OK)
+		return NULL;
+	return n;
+}
+
+/* Stops what one_start started; 0 when the node stopped cleanly. */
+static int one_stop(tr_node *n, tr_live *live, const char *path)
+{
+	int rc = tn_stop(n);
+	tr_live_free(live);
+	tr_buf_free(&one_in);
+	tr_buf_free(&one_out);
+	unlink(path);
+	rmdir(dir);
+	return rc;
+}
+
 /* Runs {text = text} through `pipe` and waits for its one answer. */
 static int run_text(tr_node *n, tr_ref client, const char *pipe, const char *text)
 {
@@ -317,28 +359,12 @@ static const char lua_file[] =
 TT_TEST(lua_file_pipeline_end_to_end)
 {
 	tr_live *live;
-	tr_diag diag;
 	char path[128];
-	const char *files[1] = {path};
 	tr_ref client, r;
 	tr_actor_stats st;
-	static probe_cfg cc = {.id = 2, .on_msg = one_msg};
 
-	one_init();
-	snprintf(dir, sizeof(dir), "/tmp/troupe-live-XXXXXX");
-	TT_ASSERT(mkdtemp(dir) != NULL);
-	snprintf(path, sizeof(path), "%s/qa.lua", dir);
-	write_file("qa.lua", lua_file);
-
-	tr_node *n = tn_start(2);
-	TT_OK(tr_live_new(n, &live));
-	tr_diag_init(&diag);
-	int rc = tr_live_load(live, files, 1, &diag);
-	for (size_t i = 0; i < diag.n; i++)
-		fprintf(stderr, "  %s\n", diag.msgs[i]);
-	tr_diag_free(&diag);
-	TT_OK(rc);
-	TT_OK(tn_spawn(n, &cc, NULL, &client));
+	tr_node *n = one_start("qa.lua", lua_file, path, 2, &live, &client);
+	TT_ASSERT(n != NULL);
 
 	/* route -> action branch; the `when` predicate skips polish. */
 	TT_EQ(run_text(n, client, "pipeline:qa", "book a slot"), 1);
@@ -366,13 +392,7 @@ TT_TEST(lua_file_pipeline_end_to_end)
 	TT_OK(tr_whereis(n, "broken@1", &r));
 	TT_OK(tr_actor_stats_get(n, r, &st));
 	TT_EQ(st.restarts, 2);
-
-	TT_EQ(tn_stop(n), 0);
-	tr_live_free(live);
-	tr_buf_free(&one_in);
-	tr_buf_free(&one_out);
-	unlink(path);
-	rmdir(dir);
+	TT_EQ(one_stop(n, live, path), 0);
 }
 
 /* ---- placement -------------------------------------------------------- */
@@ -404,25 +424,11 @@ TT_TEST(placed_actors_deploy)
 	tr_live *live;
 	tr_diag diag;
 	char path[128];
-	const char *files[1] = {path};
 	tr_ref client, r, old;
-	static probe_cfg cc = {.id = 3, .on_msg = one_msg};
 
-	one_init();
 	(void)tr_kind_register("techo", &techo_ops); /* EEXIST after reload_under_load */
-	snprintf(dir, sizeof(dir), "/tmp/troupe-live-XXXXXX");
-	TT_ASSERT(mkdtemp(dir) != NULL);
-	snprintf(path, sizeof(path), "%s/placed.lua", dir);
-	write_file("placed.lua", placed_file);
-	tr_node *n = tn_start(2);
-	TT_OK(tr_live_new(n, &live));
-	tr_diag_init(&diag);
-	int rc = tr_live_load(live, files, 1, &diag);
-	for (size_t i = 0; i < diag.n; i++)
-		fprintf(stderr, "  %s\n", diag.msgs[i]);
-	tr_diag_free(&diag);
-	TT_OK(rc);
-	TT_OK(tn_spawn(n, &cc, NULL, &client));
+	tr_node *n = one_start("placed.lua", placed_file, path, 3, &live, &client);
+	TT_ASSERT(n != NULL);
 
 	/* g is for "gpu" nodes: not here, under no name */
 	TT_EQ(tr_whereis(n, "g#0@1", &r), TR_ENOTFOUND);
@@ -468,13 +474,7 @@ TT_TEST(placed_actors_deploy)
 	TT_EQ(tr_whereis(n, "g#0", &r), TR_ENOTFOUND);
 	TT_EQ(run_text(n, client, "pipeline:p", "hi"), 1);
 	TT_EQ(atomic_load(&one_err), 0);
-
-	TT_EQ(tn_stop(n), 0);
-	tr_live_free(live);
-	tr_buf_free(&one_in);
-	tr_buf_free(&one_out);
-	unlink(path);
-	rmdir(dir);
+	TT_EQ(one_stop(n, live, path), 0);
 }
 
 TT_LIST = {

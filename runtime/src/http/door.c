@@ -1230,7 +1230,8 @@ static void map_json_ms(const unsigned char *p, size_t n, tr_buf *out)
 }
 
 /* The client's "steps" array from an engine answer map (body, checked):
- * each entry {step, actor, ms, attempts, cached}. */
+ * each entry {step, actor, ms, attempts, cached}, and node (the node id
+ * of the instance that answered) for a placed actor's step. */
 void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 {
 	const unsigned char *s;
@@ -1242,12 +1243,12 @@ void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 	    tr__mp_array_head(s, sl, &cnt, &hdr) == TR_OK) {
 		/* One pass over each entry's keys (the engine writes them in
 		 * this order, but any order is read), then the JSON in ours. */
-		static const char *const keys[] = {"step", "actor", "us", "attempts", "cached"};
+		static const char *const keys[] = {"step", "actor", "us", "attempts", "cached", "node"};
 		static const char *const heads[] = {"{\"step\":", ",\"actor\":", ",\"ms\":",
-		                                    ",\"attempts\":", ",\"cached\":"};
+		                                    ",\"attempts\":", ",\"cached\":", ",\"node\":"};
 		const unsigned char *e = s + hdr;
 		for (uint32_t i = 0; i < cnt; i++) {
-			const unsigned char *val[5] = {NULL, NULL, NULL, NULL, NULL};
+			const unsigned char *val[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
 			uint32_t kn = 0;
 			size_t kh = 0, pos;
 			size_t es = tr__mp_size(e);
@@ -1258,7 +1259,7 @@ void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 					const char *kstr;
 					size_t klen;
 					if (tr__mp_str(e + pos, ks, &kstr, &klen) == TR_OK)
-						for (int j = 0; j < 5; j++)
+						for (int j = 0; j < 6; j++)
 							if (strlen(keys[j]) == klen && memcmp(keys[j], kstr, klen) == 0)
 								val[j] = e + pos + ks;
 					pos += ks;
@@ -1267,7 +1268,9 @@ void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out)
 			}
 			if (i > 0)
 				tr__buf_append(out, ",", 1);
-			for (int j = 0; j < 5; j++) {
+			for (int j = 0; j < 6; j++) {
+				if (j == 5 && val[5] == NULL)
+					break; /* not a placed actor's step */
 				tr__buf_append(out, heads[j], strlen(heads[j]));
 				if (j == 2)
 					put_ms(out, val[2] ? mp_uint(val[2], tr__mp_size(val[2])) : 0);
