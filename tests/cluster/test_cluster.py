@@ -4,6 +4,9 @@ loopback: membership at GET /v1/cluster and in /metrics, kill -9 of one
 node (detected down; the detection time is printed), its restart
 (rejoins), a graceful stop (left), a node with the wrong secret (refused,
 counted), and garbage bytes on a cluster port (counted, nobody crashes).
+Then placement: an actor placed on label "gpu" (two of three nodes) runs
+remotely for a pipeline posted to the third, and a kill -9 of one gpu node
+under a bounded load leaves no request unanswered.
 
     test_cluster.py TROUPE SOURCE_ROOT
 
@@ -44,7 +47,10 @@ node { name = "%s", labels = { %s },
        cluster = { listen = "tcp://127.0.0.1:%d", seeds = { %s }, secret_file = "%s", %s } }
 actor "echo" { receive = function(msg) msg.by = "%s" return msg end }
 pipeline "p" { step "echo" {} }
-""" % (name, lab, cport, seeds_l, secret, HB, name)
+actor "gen" { receive = function(msg) msg.by = "%s" return msg end,
+              on = { label = "gpu" }, instances = 2 }
+pipeline "g" { step "gen" { timeout = "2s", retries = 3, backoff = { base = "20ms", max = "200ms" } } }
+""" % (name, lab, cport, seeds_l, secret, HB, name, name)
 
 
 def start(name, cport, seeds, secret=SECRET, labels=()):
@@ -161,8 +167,114 @@ def main():
     check("the other nodes stop with status 0", all(p.wait(15) == 0 for p in (n1, n3, nx)))
 
 
+def post(conn, pipeline, inp, timeout=20):
+    """(status, json) of one run over `conn` (an HTTPConnection, reopened
+    on error), or (None, error text)."""
+    try:
+        conn.request("POST", "/v1/pipelines/" + pipeline, json.dumps({"input": inp}),
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        conn.close()
+        return None, repr(e)
+
+
+def placement():
+    c1, c2, c3 = free_port(), free_port(), free_port()
+    g1, _ = start("g1", c1, [], labels=("gpu",))
+    g2, hg2 = start("g2", c2, [c1], labels=("gpu",))
+    cpu, hc = start("cpu", c3, [c1], labels=("cpu",))
+    all3 = {"g1": "alive", "g2": "alive", "cpu": "alive"}
+    t = wait_for(lambda: states(hc) == all3 and states(hg2) == all3, 10)
+    check("placement: three nodes alive (%.2f s)" % (t or -1), t is not None, states(hc))
+    ids = {m["node_id"]: n for n, m in view(hc).items()}
+    conn = http.client.HTTPConnection("127.0.0.1", hc, timeout=20)
+    # each gpu node publishes its instances' names when its data link is
+    # up: wait until runs have reached both
+    seen = set()
+
+    def both():
+        st, j = post(conn, "g", {"i": -1})
+        if st == 200:
+            seen.add(j["output"]["by"])
+        return seen == {"g1", "g2"}
+    t = wait_for(both, 10)
+    check("placement: runs posted to the cpu node reach both gpu nodes (%.2f s after the view)"
+          % (t or -1), t is not None, seen)
+    by, nodes, bad = set(), set(), []
+    for i in range(40):
+        st, j = post(conn, "g", {"i": i})
+        if st != 200:
+            bad.append((st, j))
+            continue
+        by.add(j["output"]["by"])
+        nodes.update(ids.get(s.get("node"), s.get("node")) for s in j["steps"])
+    check("placement: 40 runs on the cpu node all ran remotely, on both gpu nodes (by %s, trace nodes %s)"
+          % (sorted(by), sorted(map(str, nodes))), not bad and by == {"g1", "g2"} and nodes == {"g1", "g2"},
+          bad[:3])
+    st, j = get(hc, "/v1/actors")
+    names = json.dumps(j)
+    check("placement: the cpu node runs no gen instance, the gpu node two", '"gen#' not in names and
+          '"gen#0@1"' in json.dumps(get(hg2, "/v1/actors")[1]), names[:400])
+    st, _ = get(hc, "/ready")
+    check("placement: the cpu node is ready without the actor placed elsewhere", st == 200, st)
+
+    # kill -9 of g1 under a bounded load: 400 runs over 8 client threads
+    import threading
+    N, THREADS = 400, 8
+    results = [None] * N  # (t_sent, t_done, status, by)
+    t_start = time.time()
+
+    def client(k):
+        cn = http.client.HTTPConnection("127.0.0.1", hc, timeout=20)
+        for i in range(k, N, THREADS):
+            t_sent = time.time()
+            st, j = post(cn, "g", {"i": i})
+            results[i] = (t_sent, time.time(), st, j["output"]["by"] if st == 200 else j)
+            time.sleep(0.04)
+        cn.close()
+
+    ths = [threading.Thread(target=client, args=(k,)) for k in range(THREADS)]
+    for th in ths:
+        th.start()
+    time.sleep(0.5)
+    t_kill = time.time()
+    g1.send_signal(signal.SIGKILL)
+    g1.wait()
+    t = wait_for(lambda: states(hc).get("g1") == "down", 10)
+    t_down = time.time()
+    for th in ths:
+        th.join(45)
+    detect = (t_down - t_kill) if t is not None else -1
+    answered = [r for r in results if r is not None and r[2] is not None]
+    ok = [r for r in answered if r[2] == 200]
+    after = [r for r in results if r is not None and r[0] > t_down]
+    errs = {}
+    for r in answered:
+        if r[2] != 200:
+            code = r[3].get("error", {}).get("code") if isinstance(r[3], dict) else r[3]
+            errs[code] = errs.get(code, 0) + 1
+    retries = metric(hc, 'troupe_pipeline_retries_total{pipeline="g"}')
+    print("  placement load: %d runs, %d answered, %d ok, errors %s, %d step retries; g1 killed at "
+          "%.2f s, down on cpu after %.2f s; slowest run %.2f s; %d runs sent after that, by %s; %.1f s in all"
+          % (N, len(answered), len(ok), errs, retries or 0, t_kill - t_start, detect,
+             max((r[1] - r[0] for r in answered), default=0), len(after),
+             sorted({r[3] for r in after if r[2] == 200}), time.time() - t_start))
+    check("placement: kill -9 of a gpu node under load: every run answered (unanswered = %d)"
+          % (N - len(answered)), len(answered) == N)
+    check("placement: g1 declared down on the cpu node (%.2f s)" % detect, t is not None)
+    check("placement: runs sent after the detection all succeed on g2", after and
+          all(r[2] == 200 and r[3] == "g2" for r in after), [r for r in after if r[2] != 200 or r[3] != "g2"][:3])
+    conn.close()
+    for p in (g2, cpu):
+        p.send_signal(signal.SIGTERM)
+    check("placement: the surviving nodes stop with status 0", all(p.wait(15) == 0 for p in (g2, cpu)))
+
+
 try:
     main()
+    placement()
 finally:
     for p in procs:
         if p.poll() is None:
