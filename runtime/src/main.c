@@ -1,7 +1,7 @@
 /*
  * main.c -- the `troupe` command.
  *
- *   troupe run [--threads N] [--log-level L] [--pid-file F] [FILE...]
+ *   troupe run [--threads N] [--log-level L] [--pid-file F] [--chaos SPEC] [FILE...]
  *   troupe check FILE...
  *   troupe reload (--pid PID | --pid-file F)
  *   troupe db migrate [--conninfo S] [FILE...]      (cli_db.c)
@@ -35,6 +35,7 @@
 #include "actors/telemetry/telemetry.h"
 #include "cli.h"
 #include "cluster/cluster.h"
+#include "core/chaos.h"
 #include "db/pg.h"
 #include "db/redis.h"
 #include "http/door.h"
@@ -48,7 +49,7 @@ static void usage(FILE *f)
 	fputs("usage: troupe <command> [options]\n"
 	      "\n"
 	      "commands:\n"
-	      "  run [--http ADDR] [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
+	      "  run [--http ADDR] [--threads N] [--log-level L] [--pid-file F] [--chaos SPEC] [FILE...]\n"
 	      "                                 start a node from pipeline files (Ctrl-C to stop)\n"
 	      "  check FILE...                  validate pipeline files without starting anything\n"
 	      "  reload (--pid PID | --pid-file F)\n"
@@ -183,13 +184,16 @@ static tr_door_opts door_opts(const tr_config *c, const char *http)
 
 static void run_help(FILE *f)
 {
-	fputs("usage: troupe run [--http ADDR] [--threads N] [--log-level L] [--pid-file F] [FILE...]\n"
+	fputs("usage: troupe run [--http ADDR] [--threads N] [--log-level L] [--pid-file F] [--chaos SPEC] [FILE...]\n"
 	      "  FILE...         pipeline files (Lua), loaded in order into one namespace\n"
 	      "                  (default: " DEFAULT_FILE ")\n"
 	      "  --http ADDR     serve HTTP on ADDR (host:port; default: node { http })\n"
 	      "  --threads N     worker threads (default: node { threads } or the number of CPUs)\n"
 	      "  --log-level L   debug|info|warn|error (default info)\n"
 	      "  --pid-file F    write the process id to F (for `troupe reload --pid-file F`)\n"
+	      "  --chaos SPEC    tests only: inject faults (refused when node { env = \"production\" }),\n"
+	      "                  SPEC like seed=42,crash=0.02:1s,slow=0.05:20ms,fail=0.02,fill=0.01,for=10s\n"
+	      "                  (crash=P[:GAP] slow=P:DELAY fail=P fill=P for=DURATION; README, Chaos)\n"
 	      "signals: SIGINT/SIGTERM stop the node gracefully (in-flight requests are\n"
 	      "answered within node { grace }, default 10 s; a second signal exits at once),\n"
 	      "SIGHUP reloads the files\n",
@@ -354,6 +358,8 @@ static int cmd_run(int argc, char **argv)
 	tr_redis *rd = NULL;
 	tr_cluster *cl = NULL;
 	tr_diag d;
+	tr_chaos_spec chaos;
+	const char *chaos_arg = NULL;
 	int rc, code = 1;
 
 	memset(&o, 0, sizeof(o));
@@ -391,6 +397,14 @@ static int cmd_run(int argc, char **argv)
 			pid_file = argv[++i];
 		} else if (strcmp(a, "--http") == 0 && has_val) {
 			http = argv[++i];
+		} else if (strcmp(a, "--chaos") == 0 && has_val) {
+			char err[256];
+			chaos_arg = argv[++i];
+			if (tr_chaos_parse(chaos_arg, &chaos, err, sizeof(err)) != TR_OK) {
+				fprintf(stderr, "troupe run: --%s\n", err);
+				code = 2;
+				goto out;
+			}
 		} else if (a[0] == '-') {
 			fprintf(stderr, "troupe run: unknown option or missing value '%s' (see troupe run --help)\n", a);
 			code = 2;
@@ -413,6 +427,20 @@ static int cmd_run(int argc, char **argv)
 			log_json(LOG_ERROR, "cannot load pipeline files", "error", tr_strerror(rc),
 			         (const char *)NULL);
 		goto out;
+	}
+	if (chaos_arg != NULL) {
+		/* Before any worker starts and before the deployment, so that
+		 * its actors are spawned as candidates (core/chaos.h). */
+		char err[256];
+		if (tr_chaos_start(&chaos, cfg->node.env, err, sizeof(err)) != TR_OK) {
+			log_json(LOG_ERROR, "chaos refused", "error", err, "env", cfg->node.env,
+			         (const char *)NULL);
+			code = 2;
+			goto out;
+		}
+		log_json(LOG_WARN, "chaos on: faults are injected (tests only)", "spec", chaos_arg,
+		         "env", cfg->node.env ? cfg->node.env : "", "#for_ms",
+		         (unsigned long long)(chaos.for_us / 1000u), (const char *)NULL);
 	}
 	if (o.threads == 0)
 		o.threads = cfg->node.threads;
@@ -500,6 +528,8 @@ static int cmd_run(int argc, char **argv)
 		int sig = sigtimedwait(&set, NULL, &tick);
 		if (sig < 0) {
 			tr_live_poll(live);
+			if (tr_chaos_poll())
+				log_json(LOG_WARN, "chaos over: no more faults", (const char *)NULL);
 			continue;
 		}
 		if (sig == SIGHUP) {
@@ -511,6 +541,14 @@ static int cmd_run(int argc, char **argv)
 				log_json(LOG_WARN, "HTTP door keeps the previous tenants and graphs: out of memory",
 				         (const char *)NULL);
 			if (rc == TR_OK) {
+				const tr_config *nc = tr_live_config(live);
+				char err[256];
+				if (tr_chaos_running() && nc != NULL &&
+				    tr_chaos_allowed(nc->node.env, err, sizeof(err)) != TR_OK) {
+					tr_chaos_stop();
+					log_json(LOG_ERROR, "chaos stopped: the reloaded files mark the node production",
+					         "error", err, (const char *)NULL);
+				}
 				log_json(LOG_INFO, "reloaded", "#generation",
 				         (unsigned long long)tr_live_gen(live), (const char *)NULL);
 				backends_changed(cfg, tr_live_config(live));
@@ -578,7 +616,10 @@ static int drain(tr_door *door, const tr_config *c, const sigset_t *set)
 	tr_door_drain(door);
 	log_json(LOG_INFO, "draining", "#inflight", (unsigned long long)tr_door_inflight(door),
 	         "#grace_ms", (unsigned long long)(grace_ns / 1000000u), (const char *)NULL);
-	while (tr_door_inflight(door) > 0) {
+	/* Not only the runs dispatched: a request the door has not read yet
+	 * (waiting on a keep-alive connection, or in a door that has not run
+	 * its drain) is answered too, so wait for every connection. */
+	while (!tr_door_drained(door)) {
 		if (tr_now_ns() >= until) {
 			log_json(LOG_WARN, "grace period over", "#inflight",
 			         (unsigned long long)tr_door_inflight(door), (const char *)NULL);

@@ -15,6 +15,7 @@
 
 #include "cluster/cluster.h"
 #include "core/alloc.h"
+#include "core/chaos.h"
 #include "db/pg.h"
 #include "db/redis.h"
 #include "http/door_int.h"
@@ -531,6 +532,26 @@ static void cluster_metrics(tr_door *d, tr_buf *b)
 	put_counters(b, s, cs, sizeof(cs) / sizeof(cs[0]));
 }
 
+/* The fault injector's counters, when `troupe run --chaos` started it. */
+static void chaos_metrics(tr_buf *b)
+{
+	const tr_chaos_stats *s = tr_chaos_stats_of();
+	if (s == NULL)
+		return;
+	tr__door_printf(b, "# HELP troupe_chaos_active Whether the fault injector injects faults now.\n"
+	                   "# TYPE troupe_chaos_active gauge\ntroupe_chaos_active %d\n",
+	                tr_chaos_running());
+	static const counter_def cs[] = {
+#define C(f, h) {"troupe_chaos_" #f "_total", h, offsetof(tr_chaos_stats, f)}
+		C(crashes, "Actors crashed on receive by the fault injector."),
+		C(delays, "Step attempts the fault injector held before sending."),
+		C(failures, "Step attempts the fault injector failed (TR_EIO)."),
+		C(fills, "Mailboxes the fault injector filled to capacity."),
+#undef C
+	};
+	put_counters(b, s, cs, sizeof(cs) / sizeof(cs[0]));
+}
+
 /* The node's PostgreSQL pool and Redis client, when configured. */
 static void backend_metrics(tr_door *d, tr_buf *b)
 {
@@ -735,6 +756,7 @@ void tr__api_metrics(tr_door *d, door_resp *r)
 	    (unsigned long long)tr_door_inflight(d));
 	backend_metrics(d, b);
 	cluster_metrics(d, b);
+	chaos_metrics(b);
 	if (ext_metrics != NULL)
 		(void)ext_metrics(d->node, b);
 	tr__door_conf_put(c);

@@ -1073,8 +1073,10 @@ static void build_node(vctx *v, int d, where w, int *seen, where *first)
 {
 	static const char *const keys[] = {"name", "http", "threads", "max_body", "max_header",
 	                                   "max_connections", "header_timeout", "idle_timeout",
-	                                   "grace", "labels", "cluster"};
+	                                   "grace", "labels", "cluster", "env"};
+	static const char *const envs[] = {"production", "staging", "dev", "test"};
 	uint64_t hdr = 0;
+	int env = -1;
 	lua_State *L = v->L;
 	tr_node_spec *n = &v->c->node;
 	fctx f = {v, w, "node"};
@@ -1116,6 +1118,8 @@ static void build_node(vctx *v, int d, where w, int *seen, where *first)
 	want_dur_in(&f, o, "idle_timeout", MS_US, 24 * HOUR_US, "1ms", "24h", &n->idle_timeout_us);
 	want_dur_in(&f, o, "grace", MS_US, HOUR_US, "1ms", "1h", &n->grace_us);
 	build_names(&f, o, "labels", &n->labels, &n->nlabels);
+	if (want_enum(&f, o, "env", envs, sizeof(envs) / sizeof(envs[0]), &env) && env >= 0)
+		n->env = envs[env];
 	build_cluster(&f, o, n);
 	lua_pop(L, 1);
 }

@@ -8,6 +8,7 @@
 #include <troupe/sup.h>
 
 #include "core/alloc.h"
+#include "core/chaos.h"
 #include "lua/tlua.h"
 #include "pipe/deploy.h"
 #include "pipe/engine.h"
@@ -120,6 +121,10 @@ static int add_actor(tr_deploy *d, const tr_config *c, size_t ai, tr_child_spec 
 		po->init = placed_init;
 		ops = po;
 	}
+	/* The fault injector may crash these (and only the declared actors:
+	 * not supervisors, engines or the node's own I/O actors). */
+	if (tr__chaos_active())
+		tr__chaos_mark(ops);
 	for (uint32_t i = 0; i < inst; i++) {
 		tr_child_spec *cs = &out[(*n)++];
 		memset(cs, 0, sizeof(*cs));

@@ -38,12 +38,13 @@
 #include "db/redis.h"
 #include "lua/tlua.h"
 #include "msg/msg_int.h"
+#include "core/chaos.h"
 #include "pipe/engine.h"
 #include "pipe/mp.h"
 #include "sched/sched.h" /* tr__map */
 
 enum { TAG_RETRY = 0x201u, TAG_PARK_DEADLINE = 0x202u, TAG_FIRST_BYTE = 0x203u,
-       TAG_SHARED_POLL = 0x204u };
+       TAG_SHARED_POLL = 0x204u, TAG_CHAOS_SLOW = 0x205u };
 
 #define MAX_NEST TR_STEP_NEST_MAX /* route/parallel nesting of step lists */
 #define MIN_ATTEMPT_US 1000  /* don't start an attempt with less time left */
@@ -110,6 +111,10 @@ struct fiber {
 	struct flight *flight;  /* the flight this fiber leads or waits on */
 	fiber *next_waiter;
 	tr_buf ckey;            /* cache key of the current step's input */
+	/* the fault injector held this attempt (BACKOFF, TAG_CHAOS_SLOW):
+	 * for how long, and whether that is past its timeout */
+	uint64_t chaos_us;
+	uint8_t chaos_late;
 	/* Last: fiber_init() clears everything above and leaves the frames
 	 * alone (only stack[0 .. depth) is ever read). */
 	frame stack[MAX_NEST];
@@ -1807,15 +1812,58 @@ static void failed_attempt(tr_ctx *ctx, engine *e, fiber *f, int cls, int err)
 	fail(ctx, e, f, cls, err, msg);
 }
 
+/*
+ * The fault injector's turn at an attempt (tests only, core/chaos.h):
+ * returns 1 when it took the attempt -- failed it at once, or holds it
+ * for a while, like a backoff (unwait and cut_fibers cancel the hold; a
+ * hold past the attempt's timeout ends as that attempt timing out) --
+ * and 0 to send it (after filling the target's mailbox, for a fill).
+ */
+static int chaos_attempt(tr_ctx *ctx, engine *e, fiber *f, uint64_t timeout)
+{
+	uint64_t delay = 0, id;
+	switch (tr__chaos_step(tr_ctx_worker(ctx), &delay)) {
+	case TR__CHAOS_FAIL:
+		f->attempts++;
+		STAT_ADD(e, S_CALLS, 1);
+		snprintf(f->last_msg, sizeof(f->last_msg), "fault injected (--chaos fail)");
+		failed_attempt(ctx, e, f, C_ERROR, TR_EIO);
+		return 1;
+	case TR__CHAOS_SLOW:
+		f->chaos_late = delay >= timeout;
+		if (f->chaos_late)
+			delay = timeout;
+		if (tr_timer_after(ctx, TAG_CHAOS_SLOW, (delay + 999) / 1000, &id) != TR_OK)
+			return 0;
+		if (tr__map_put(&e->timers, id, TR_REF_NONE, f) != TR_OK) {
+			(void)tr_timer_cancel(ctx, id);
+			return 0;
+		}
+		f->st = F_BACKOFF;
+		f->timer = id;
+		f->chaos_us = delay;
+		return 1;
+	case TR__CHAOS_FILL:
+		tr__chaos_filled(tr__mbox_fill(tr_ctx_node(ctx), f->target_ref, TR__CHAOS_FILL_TAG));
+		return 0;
+	default:
+		return 0;
+	}
+}
+
 static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 {
 	const tr_step *s = f->step;
 	run *r = f->r;
-	uint64_t left = time_left_us_at(r, now), timeout, corr;
+	uint64_t left = time_left_us_at(r, now), timeout, corr, held = 0;
 	tr_msg *m;
 	int rc;
 
 	f->st = F_RUNNING;
+	if (tr__chaos_active()) {
+		held = f->chaos_us; /* the injector held this attempt: now it goes */
+		f->chaos_us = 0;
+	}
 	if (left < MIN_ATTEMPT_US) {
 		char msg[128];
 		snprintf(msg, sizeof(msg), "deadline reached before step '%s'", f->target);
@@ -1823,6 +1871,8 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 		return;
 	}
 	timeout = s->u.call.timeout_us ? s->u.call.timeout_us : 1000000;
+	if (held != 0) /* what it was held counts against its timeout */
+		timeout = timeout > held ? timeout - held : 1;
 	if (timeout > left)
 		timeout = left;
 	const target *t = target_of(e, f->target);
@@ -1844,6 +1894,8 @@ static void attempt_at(tr_ctx *ctx, engine *e, fiber *f, uint64_t now)
 	}
 	if (f->placed)
 		f->last_msg[0] = '\0'; /* a "no instance" of an earlier attempt is over */
+	if (tr__chaos_active() && held == 0 && chaos_attempt(ctx, e, f, timeout))
+		return;
 	m = tr_msg_new();
 	if (m == NULL) {
 		fail(ctx, e, f, C_ERROR, TR_ENOMEM, "out of memory");
@@ -2347,6 +2399,20 @@ static void on_timer(tr_ctx *ctx, engine *e, tr_msg *m)
 	f->timer = 0;
 	if (m->tag == TAG_RETRY) {
 		attempt(ctx, e, f);
+	} else if (m->tag == TAG_CHAOS_SLOW) {
+		if (f->chaos_late) {
+			/* held for the whole timeout: that attempt timed out */
+			f->chaos_us = 0;
+			f->chaos_late = 0;
+			f->attempts++;
+			STAT_ADD(e, S_CALLS, 1);
+			f->st = F_RUNNING;
+			snprintf(f->last_msg, sizeof(f->last_msg),
+			         "fault injected (--chaos slow): held past the step timeout");
+			failed_attempt(ctx, e, f, C_TIMEOUT, TR_ETIMEDOUT);
+		} else {
+			attempt(ctx, e, f);
+		}
 	} else if (m->tag == TAG_SHARED_POLL) {
 		f->st = F_RUNNING;
 		if (!shared_poll(ctx, e, f))

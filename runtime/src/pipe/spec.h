@@ -194,6 +194,10 @@ typedef struct tr_node_spec {
 	uint64_t header_timeout_us; /* to receive one whole request; default 10 s */
 	uint64_t idle_timeout_us;   /* keep-alive idle; default 60 s */
 	uint64_t grace_us;          /* SIGTERM: time in-flight runs get; default 10 s */
+	/* node { env = "..." }: "production", "staging", "dev" or "test" (a
+	 * static string, not owned); NULL = not set. A production node
+	 * refuses `troupe run --chaos` (core/chaos.h). */
+	const char *env;
 	/* node { labels = {...} }: for placement (owned; NULL = none) */
 	char **labels;
 	size_t nlabels;

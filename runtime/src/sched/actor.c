@@ -11,6 +11,7 @@
  */
 #include <string.h>
 
+#include "core/chaos.h"
 #include "sched/sched.h"
 
 static tr__actor_own *own_of(tr_actor *a)
@@ -224,6 +225,18 @@ static void dispatch(tr_ctx *ctx, tr_actor *a, tr_msg *m)
 			goto done;
 		}
 	}
+	/* The fault injector (tests only): off, this is one load and a
+	 * branch predicted not taken. A crash here is what a crash in
+	 * receive() is: the ask just recorded as owed gets TR_ECRASHED. */
+	if (tr__chaos_active() && !(f & (TR_MSGF_SYSTEM | TR_MSGF_REPLY))) {
+		int c = tr__chaos_receive(ctx->w->idx, a->chaos, m->tag);
+		if (c == TR__CHAOS_SWALLOW)
+			goto done;
+		if (c == TR__CHAOS_CRASH) {
+			begin_stop(a, TR_ECRASHED);
+			goto done;
+		}
+	}
 	rc = a->ops->receive(ctx, a->state, m);
 	if (rc != TR_OK)
 		begin_stop(a, rc);
@@ -416,6 +429,7 @@ int tr__spawn_on(tr_node *n, tr__worker *w, const tr_actor_ops *ops, const void 
 	a->restarts = 0;
 	a->trap_exit = o.trap_exit;
 	a->pinned = opts != NULL && opts->pinned;
+	a->chaos = tr__chaos_active() && tr__chaos_marked(ops);
 	a->stopping = 0;
 	a->stop_reason = 0;
 	a->last_turn_cyc = 0;

@@ -256,3 +256,28 @@ int tr__enqueue_at(tr_node *n, tr_ref to, tr_msg *m, tr_ref blocker)
 		tr__free(watchers);
 	return rc;
 }
+
+uint32_t tr__mbox_fill(tr_node *n, tr_ref to, uint32_t tag)
+{
+	uint32_t room = 0, added = 0;
+	if (to.node != n->id)
+		return 0;
+	tr_actor *a = tr__actor_lock_ref(n, to);
+	if (a == NULL)
+		return 0;
+	room = a->depth < a->cap ? a->cap - a->depth : 0;
+	tr__spin_unlock(&a->lock);
+	/* One enqueue per message, as senders do: the mailbox policy sees
+	 * each of them; a refusal (the actor or others filled it first) ends
+	 * the fill. */
+	while (added < room) {
+		tr_msg *m = tr_msg_new();
+		if (m == NULL)
+			break;
+		m->tag = tag;
+		if (tr__enqueue_at(n, to, m, TR_REF_NONE) != TR_OK)
+			break;
+		added++;
+	}
+	return added;
+}

@@ -204,6 +204,7 @@ typedef struct tr_actor {
 	uint8_t trap_exit;
 	uint8_t stopping;
 	uint8_t pinned;    /* tr_spawn_opts.pinned: never migrated */
+	uint8_t chaos;     /* the fault injector may crash it (core/chaos.h) */
 	int32_t stop_reason;
 	/* Cycles of the shorter of its last two turns (saturating). The
 	 * cycle counter is wall time: one turn can look long because the
@@ -403,6 +404,12 @@ int tr__deliver(tr_node *n, tr_ref to, tr_msg *m, tr_ref blocker);
  * leaves m->to alone: the cluster actor queues messages for other nodes
  * this way. */
 int tr__enqueue_at(tr_node *n, tr_ref at, tr_msg *m, tr_ref blocker);
+/* Fills local actor `to`'s mailbox up to its capacity with body-less
+ * user messages of `tag` from nobody (the fault injector's fill,
+ * core/chaos.h); returns how many it queued (0: full already, gone or
+ * remote). It queues the room it saw first, so with drop_oldest it evicts
+ * only as many as other senders queued meanwhile. */
+uint32_t tr__mbox_fill(tr_node *n, tr_ref to, uint32_t tag);
 /* System message helper: a body-less system message. */
 int tr__send_sys(tr_node *n, tr_ref from, tr_ref to, uint32_t tag, int err,
                  uint64_t corr, uint64_t arg, uint16_t extra_flags);
