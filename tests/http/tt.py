@@ -85,6 +85,22 @@ def get(port, path, timeout=10):
     return r.status, json.loads(data) if ct.startswith("application/json") else data.decode()
 
 
+def post(port, pipeline, body, timeout=15, headers=None):
+    """POSTs body (a dict, as JSON) to /v1/pipelines/PIPELINE on
+    127.0.0.1:port: (status, parsed JSON or the bytes)."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request("POST", "/v1/pipelines/" + pipeline, body=json.dumps(body), headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    try:
+        return r.status, json.loads(data)
+    except ValueError:
+        return r.status, data
+
+
 def wait_for(fn, secs, step=0.05):
     """Seconds until fn() is true (errors of a node not up yet count as
     false), or None after secs."""
@@ -99,3 +115,14 @@ def wait_for(fn, secs, step=0.05):
             pass
         time.sleep(step)
     return None
+
+
+def cluster_states(port):
+    """{member name: state} from GET /v1/cluster on 127.0.0.1:port; {}
+    while the node does not answer."""
+    import http.client
+    try:
+        st, j = get(port, "/v1/cluster")
+        return {m["name"]: m["state"] for m in j["members"]} if st == 200 else {}
+    except (OSError, ValueError, KeyError, http.client.HTTPException):
+        return {}

@@ -547,6 +547,15 @@ static int f_member(const unsigned char *p, size_t n, tr_cluster_member *m)
 	return 0;
 }
 
+/* A MEMBERS entry: a member and its state (a TR_MEMBER_* it may gossip). */
+static int f_entry(const unsigned char *e, size_t es, tr_cluster_member *em, uint64_t *st)
+{
+	return f_member(e, es, em) != 0 || f_uint(e, es, "state", st) != 0 ||
+	               *st < TR_MEMBER_ALIVE || *st > TR_MEMBER_LEFT
+	           ? -1
+	           : 0;
+}
+
 /* ---- members, links, dialers ------------------------------------------------ */
 
 static member *mem_find(cstate *cs, const char *name)
@@ -917,8 +926,7 @@ static void on_members(cstate *cs, const unsigned char *p, size_t n)
 		tr_cluster_member em;
 		uint64_t st;
 		pos += es;
-		if (f_member(e, es, &em) != 0 || f_uint(e, es, "state", &st) != 0 ||
-		    st < TR_MEMBER_ALIVE || st > TR_MEMBER_LEFT) {
+		if (f_entry(e, es, &em, &st) != 0) {
 			bump(&c->st.bad_frames);
 			return;
 		}
@@ -1819,4 +1827,78 @@ int tr__cluster_test_close_stuck(const tr_cluster *c)
 	int stuck = h->close_stuck || h->dclosing > 0;
 	uv_mutex_unlock(&h->lmu);
 	return stuck;
+}
+
+/* ---- fuzzing (tests/fuzz/fuzz_cluster_frame.c) ---------------------------- */
+
+/* Aborts unless the n bytes at b lie inside p[0..pn): what a reader
+ * hands back must point into the frame. */
+static void fuzz_inside(const unsigned char *p, size_t pn, const unsigned char *b, size_t n)
+{
+	if (b < p || n > pn || (size_t)(b - p) > pn - n)
+		abort();
+}
+
+int tr__cluster_fuzz_frame(const void *buf, size_t n)
+{
+	const unsigned char *p = buf, *b, *x;
+	uint64_t v, t, seq, ts;
+	tr_cluster_member m;
+	char s[64];
+	size_t bl, xl, hdr;
+	uint32_t cnt;
+
+	/* on_frame, with the default max_frame */
+	if (n > 4u * 1024u * 1024u || tr_mp_check(p, n, FRAME_DEPTH) != TR_OK ||
+	    f_uint(p, n, "v", &v) != 0 || f_uint(p, n, "t", &t) != 0 || v != TR_CLUSTER_VERSION)
+		return TR_EPROTO;
+	switch (t) {
+	case F_HELLO: /* on_hello */
+		if (f_member(p, n, &m) != 0 || f_bin(p, n, "nonce", &b, &bl) != 0)
+			return TR_EPROTO;
+		fuzz_inside(p, n, b, bl);
+		if (bl != NONCE_LEN || f_str(p, n, "data", m.data, sizeof(m.data), 1) != 0)
+			return TR_EPROTO;
+		break;
+	case F_AUTH: /* on_auth */
+		if (f_bin(p, n, "mac", &b, &bl) != 0)
+			return TR_EPROTO;
+		fuzz_inside(p, n, b, bl);
+		break;
+	case F_MEMBERS: /* on_members */
+		if (tr__mp_map_get(p, n, "list", &x, &xl) != TR_OK ||
+		    tr__mp_array_head(x, xl, &cnt, &hdr) != TR_OK)
+			return TR_EPROTO;
+		fuzz_inside(p, n, x, xl);
+		for (size_t pos = hdr; cnt > 0; cnt--) {
+			size_t es = tr__mp_size(x + pos);
+			fuzz_inside(x, xl, x + pos, es);
+			if (f_entry(x + pos, es, &m, &v) != 0)
+				return TR_EPROTO;
+			pos += es;
+		}
+		break;
+	case F_PING: /* on_up_frame */
+	case F_ACK:
+		if (f_uint(p, n, "seq", &seq) != 0 || f_uint(p, n, "ts", &ts) != 0)
+			return TR_EPROTO;
+		break;
+	case F_PING_REQ:
+		if (f_str(p, n, "target", s, sizeof(s), 0) != 0 || f_uint(p, n, "seq", &seq) != 0)
+			return TR_EPROTO;
+		break;
+	case F_PING_REQ_ACK:
+		if (f_str(p, n, "target", s, sizeof(s), 0) != 0)
+			return TR_EPROTO;
+		break;
+	case F_LEAVE:
+		if (f_str(p, n, "name", s, sizeof(s), 0) != 0)
+			return TR_EPROTO;
+		break;
+	case F_LEAVE_ACK:
+		break;
+	default:
+		return TR_EPROTO;
+	}
+	return TR_OK;
 }

@@ -281,4 +281,17 @@ int tr__cl_data_receive(tr_ctx *ctx, cstate *cs, tr_msg *m); /* the actor's rece
 void tr__cl_data_tick(cstate *cs, uint64_t now);
 extern const tr__remote_ops tr__cl_remote_ops;
 
+/*
+ * Fuzzing (tests/fuzz/fuzz_cluster_frame.c): the checks and field reads
+ * the cluster makes of bytes from the network, acting on nothing (no
+ * sockets, no members). tr__cluster_fuzz_frame: a membership frame, as
+ * on_frame and the handler of its type read it. tr__cluster_fuzz_batch:
+ * a data-plane batch as on_batch checks it (all but the token) and each
+ * envelope in it as in_run decodes it (a NAMES list read as on_names
+ * does). TR_OK if every check passed, TR_EPROTO at the first that did not;
+ * they abort on a broken invariant. One thread at a time.
+ */
+int tr__cluster_fuzz_frame(const void *buf, size_t n);
+int tr__cluster_fuzz_batch(const void *buf, size_t len);
+
 #endif

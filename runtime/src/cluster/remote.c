@@ -1093,3 +1093,44 @@ void tr__cl_data_free(tr_cluster *c)
 	if (c->nmu_init)
 		uv_rwlock_destroy(&c->nmu);
 }
+
+/* ---- fuzzing (tests/fuzz/fuzz_cluster_frame.c) ------------------------------ */
+
+int tr__cluster_fuzz_batch(const void *buf, size_t len)
+{
+	/* A scratch cluster for on_names (its counters, the names lock) and
+	 * one peer, node 2. One thread only. */
+	static tr_cluster c;
+	static int init;
+	const unsigned char *b = buf;
+	peer *p = &c.peers[0];
+	if (!init) {
+		if (uv_rwlock_init(&c.nmu) != 0)
+			return TR_ENOMEM;
+		atomic_store(&p->node_id, 2);
+		init = 1;
+	}
+	/* on_batch: the header (the token is a MAC: not checked here) */
+	if (len < DHDR || memcmp(b, "TRB", 3) != 0 || b[3] != DATA_VERSION ||
+	    check_batch(b, len) != 0)
+		return TR_EPROTO;
+	/* in_run and deliver_in: each envelope, which check_batch said is
+	 * inside the batch */
+	size_t off = DHDR;
+	for (uint32_t left = rd32(b + 24); left > 0; left--) {
+		tr_msg *m;
+		uint32_t l = rd32(b + off);
+		if (tr_msg_decode(b + off + 4, l, &m) != TR_OK)
+			return TR_EPROTO;
+		if (m->tag == TAG_NAMES) {
+			on_names(&c, p, m);
+			for (uint32_t i = 0; i < p->nnames; i++)
+				if (memchr(p->names[i].name, '\0', sizeof(p->names[i].name)) == NULL)
+					abort(); /* a name must be a C string */
+			names_clear(&c, p);
+		}
+		tr_msg_free(m);
+		off += 4u + l;
+	}
+	return off == len ? TR_OK : TR_EPROTO;
+}

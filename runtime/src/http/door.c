@@ -97,6 +97,26 @@ struct dstate {
 	uint8_t draining;
 };
 
+/* A fuzzing door (tr__door_fuzz_new): the one worker's state, on a loop
+ * of its own that only ever runs close callbacks, and the run asked by
+ * the request being fed, answered by tr__door_fuzz_request. */
+struct door_fuzz {
+	uv_loop_t loop;
+	dstate ds;
+	tr_buf *out;      /* the current request's sink (borrowed) */
+	tr_msg *run;      /* owned: the run asked, not yet answered */
+	uint64_t corr;    /* the last corr handed out */
+};
+
+/* Stands in for tr_ask to the engine: keeps m (taken) for the answer. */
+static int fuzz_ask(struct door_fuzz *f, tr_msg *m, uint64_t *corr)
+{
+	tr_msg_free(f->run); /* none: each run is answered before the next */
+	f->run = m;
+	*corr = ++f->corr;
+	return TR_OK;
+}
+
 const char *const tr__door_route_names[R__N] = {
 	"/", "/health", "/ready", "/metrics", "/v1/actors", "/v1/pipelines",
 	"/v1/pipelines/{name}", "/v1/traces", "/v1/events", "/v1/cluster", "other"};
@@ -248,6 +268,13 @@ static void conn_write(conn *c, tr_buf *buf)
 	wreq *w;
 	uv_buf_t b;
 	if (c->st == ST_CLOSING || buf->len == 0) {
+		tr_buf_free(buf);
+		tr_buf_init(buf);
+		return;
+	}
+	if (c->ds != NULL && c->ds->d->fuzz != NULL) {
+		/* fuzzing: no socket; what would be written goes to the sink */
+		tr__buf_append(c->ds->d->fuzz->out, buf->data, buf->len);
 		tr_buf_free(buf);
 		tr_buf_init(buf);
 		return;
@@ -1042,7 +1069,8 @@ static void dispatch_run(conn *c)
 		tr__door_error(&r, 500, "internal", "out of memory");
 		goto answer;
 	}
-	int rc = tr_ask(&ds->io, c->engine, m, d->o.run_timeout_ms, &c->corr);
+	int rc = d->fuzz != NULL ? fuzz_ask(d->fuzz, m, &c->corr)
+	                         : tr_ask(&ds->io, c->engine, m, d->o.run_timeout_ms, &c->corr);
 	if (rc != TR_OK) {
 		/* Refused at the engine's mailbox: that is overload too. */
 		tr__door_error(&r, 503, "overload", "pipeline '%s' cannot take more runs now (%s)",
@@ -1447,18 +1475,14 @@ static void on_answer(dstate *ds, tr_msg *m)
 
 /* ---- accepting -------------------------------------------------------- */
 
-static void on_connection(uv_stream_t *srv, int status)
+/* A new connection of ds, idle, its handles on `loop` (not yet accepted). */
+static conn *conn_new(dstate *ds, uv_loop_t *loop)
 {
-	dstate *ds = srv->data;
-	tr_door *d = ds->d;
-	conn *c;
-	if (status < 0)
-		return;
-	c = tr__calloc(1, sizeof(*c));
+	conn *c = tr__calloc(1, sizeof(*c));
 	if (c == NULL)
-		return; /* the kernel keeps it in the backlog; retried on the next */
-	uv_tcp_init(tr__ctx_loop(&ds->io), &c->tcp);
-	uv_timer_init(tr__ctx_loop(&ds->io), &c->timer);
+		return NULL;
+	uv_tcp_init(loop, &c->tcp);
+	uv_timer_init(loop, &c->timer);
 	c->tcp.data = c;
 	c->timer.data = c;
 	c->ds = ds;
@@ -1474,7 +1498,20 @@ static void on_connection(uv_stream_t *srv, int status)
 	if (ds->conns)
 		ds->conns->prev = c;
 	ds->conns = c;
-	atomic_fetch_add_explicit(&d->conns, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&ds->d->conns, 1, memory_order_relaxed);
+	return c;
+}
+
+static void on_connection(uv_stream_t *srv, int status)
+{
+	dstate *ds = srv->data;
+	tr_door *d = ds->d;
+	conn *c;
+	if (status < 0)
+		return;
+	c = conn_new(ds, tr__ctx_loop(&ds->io));
+	if (c == NULL)
+		return; /* the kernel keeps it in the backlog; retried on the next */
 	if (uv_accept(srv, (uv_stream_t *)&c->tcp) != 0) {
 		conn_close(c);
 		return;
@@ -1662,15 +1699,13 @@ static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len
 	return -1;
 }
 
-int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err, size_t errlen)
+/* A door of n workers with o's limits (zeros: the defaults), nothing
+ * started; NULL on OOM. Freed by tr_door_free. */
+static tr_door *door_new(tr_node *node, const tr_door_opts *o, unsigned n)
 {
 	tr_door *d = tr__calloc(1, sizeof(*d));
-	int rc = TR_ENOMEM;
-
-	if (d == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return TR_ENOMEM;
-	}
+	if (d == NULL)
+		return NULL;
 	d->node = node;
 	d->o = *o;
 	if (d->o.max_body == 0)
@@ -1688,17 +1723,29 @@ int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err
 	d->started_ns = tr_now_ns();
 	uv_mutex_init(&d->conf_mu);
 	uv_mutex_init(&d->ring_mu);
+	d->n = n;
+	d->refs = tr__calloc(d->n, sizeof(*d->refs));
+	d->counts = tr__calloc(d->n, sizeof(*d->counts));
+	if (d->refs == NULL || d->counts == NULL) {
+		tr_door_free(d);
+		return NULL;
+	}
+	return d;
+}
+
+int tr_door_start(tr_node *node, const tr_door_opts *o, tr_door **out, char *err, size_t errlen)
+{
+	tr_door *d = door_new(node, o, tr_node_threads(node));
+	int rc = TR_ENOMEM;
+
+	if (d == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return TR_ENOMEM;
+	}
 	if (parse_addr(o->listen, &d->addr, &d->addrlen) != 0) {
 		snprintf(err, errlen, "http: '%s' is not an address (want host:port or [v6]:port)",
 		         o->listen ? o->listen : "");
 		rc = TR_EINVAL;
-		goto fail;
-	}
-	d->n = tr_node_threads(node);
-	d->refs = tr__calloc(d->n, sizeof(*d->refs));
-	d->counts = tr__calloc(d->n, sizeof(*d->counts));
-	if (d->refs == NULL || d->counts == NULL) {
-		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
 	/* SO_REUSEPORT would let us share the port with another process of
@@ -1839,4 +1886,119 @@ void tr_door_free(tr_door *d)
 	tr__free(d->refs);
 	tr__free(d->counts);
 	tr__free(d);
+}
+
+/* ---- fuzzing (tests/fuzz/fuzz_http.c) ---------------------------------- */
+
+int tr__door_fuzz_new(tr_node *node, tr_door **out)
+{
+	tr_door_opts o;
+	tr_door *d;
+	struct door_fuzz *f;
+	*out = NULL;
+	memset(&o, 0, sizeof(o));
+	d = door_new(node, &o, 1);
+	f = tr__calloc(1, sizeof(*f));
+	if (d == NULL || f == NULL || uv_loop_init(&f->loop) != 0) {
+		tr__free(f);
+		tr_door_free(d);
+		return TR_ENOMEM;
+	}
+	f->ds.d = d;
+	d->fuzz = f;
+	*out = d;
+	return TR_OK;
+}
+
+/* The engine's answer to the run f holds, as a pipeline whose one step
+ * echoes its input would give it (TR_RUN_TRACE; every second run fails
+ * as overloaded instead), after one step event if the client streams. */
+static void fuzz_answer(struct door_fuzz *f, conn *c)
+{
+	tr_msg *run = f->run, *ev = tr_msg_new(), *a = tr_msg_new();
+	tr_buf b;
+	msgpack_packer pk;
+	int fail = (run->corr = c->corr) % 2 == 0, bad;
+	f->run = NULL;
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	if (ev != NULL && c->mode != MODE_JSON) {
+		bad = msgpack_pack_map(&pk, 3) || tr__mp_pack_cstr(&pk, "type") ||
+		      tr__mp_pack_cstr(&pk, "step") || tr__mp_pack_cstr(&pk, "step") ||
+		      tr__mp_pack_cstr(&pk, "echo") || tr__mp_pack_cstr(&pk, "us") ||
+		      msgpack_pack_uint64(&pk, 1234);
+		ev->tag = TR_TAG_RUN_EVENT;
+		ev->corr = c->corr;
+		if (!bad && (ev->body = tr_body_new(b.data, b.len)) != NULL)
+			on_event(&f->ds, ev);
+	}
+	b.len = 0;
+	bad = msgpack_pack_map(&pk, fail ? 6 : 2);
+	if (fail)
+		bad = bad || tr__mp_pack_cstr(&pk, "code") || tr__mp_pack_cstr(&pk, "overload") ||
+		      tr__mp_pack_cstr(&pk, "message") || tr__mp_pack_cstr(&pk, "busy") ||
+		      tr__mp_pack_cstr(&pk, "step") || tr__mp_pack_cstr(&pk, "echo") ||
+		      tr__mp_pack_cstr(&pk, "attempts") || msgpack_pack_uint64(&pk, 2) ||
+		      tr__mp_pack_cstr(&pk, "retry_after_ms") || msgpack_pack_uint64(&pk, 1500);
+	else
+		bad = bad || tr__mp_pack_cstr(&pk, "output") ||
+		      tr__buf_append(&b, run->body->data, run->body->len) != TR_OK;
+	bad = bad || tr__mp_pack_cstr(&pk, "steps") || msgpack_pack_array(&pk, 1) ||
+	      msgpack_pack_map(&pk, 5) || tr__mp_pack_cstr(&pk, "step") ||
+	      tr__mp_pack_cstr(&pk, "echo") || tr__mp_pack_cstr(&pk, "actor") ||
+	      tr__mp_pack_cstr(&pk, "echo#0") || tr__mp_pack_cstr(&pk, "us") ||
+	      msgpack_pack_uint64(&pk, 1234567) || tr__mp_pack_cstr(&pk, "attempts") ||
+	      msgpack_pack_uint64(&pk, 1) || tr__mp_pack_cstr(&pk, "cached") ||
+	      msgpack_pack_false(&pk);
+	if (a != NULL) {
+		a->flags = TR_MSGF_REPLY | (fail ? TR_MSGF_ERROR : 0);
+		a->err = fail ? TR_EFULL : TR_OK;
+		a->corr = c->corr;
+		a->trace_hi = run->trace_hi;
+		a->trace_lo = run->trace_lo;
+		if (!bad)
+			a->body = tr_body_new(b.data, b.len);
+		on_answer(&f->ds, a); /* answers c, also without a body */
+	}
+	tr_buf_free(&b);
+	tr_msg_free(ev);
+	tr_msg_free(a);
+	tr_msg_free(run);
+}
+
+void tr__door_fuzz_request(tr_door *d, const void *p, size_t n, size_t seg, tr_buf *out)
+{
+	struct door_fuzz *f = d->fuzz;
+	conn *c = conn_new(&f->ds, &f->loop);
+	if (c == NULL)
+		return;
+	f->out = out;
+	if (seg == 0)
+		seg = n;
+	/* The reads, as read_cb gets them; each run dispatched is answered
+	 * before the next read (a pipelined request behind it resumes). */
+	for (size_t off = 0; off < n && c->st != ST_CLOSING; off += seg) {
+		uv_buf_t b = uv_buf_init((char *)p + off, (unsigned)(n - off < seg ? n - off : seg));
+		read_cb((uv_stream_t *)&c->tcp, (ssize_t)b.len, &b);
+		while (c->st == ST_DISPATCHED && f->run != NULL)
+			fuzz_answer(f, c);
+		if (c->st == ST_DISPATCHED)
+			abort(); /* a bug: without Redis nothing else is waited for */
+	}
+	read_cb((uv_stream_t *)&c->tcp, UV_EOF, NULL); /* the client's EOF: closes c */
+	uv_run(&f->loop, UV_RUN_DEFAULT);                /* its close callbacks free it */
+	f->out = NULL;
+}
+
+void tr__door_fuzz_free(tr_door *d)
+{
+	struct door_fuzz *f = d->fuzz;
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&f->loop);
+	tr__map_free(&f->ds.runs);
+	tr__map_free(&f->ds.rates);
+	tr_msg_free(f->run);
+	tr__free(f);
+	d->fuzz = NULL;
+	tr_door_free(d);
 }

@@ -84,6 +84,7 @@ struct tr_door {
 	const struct tr_pg *pg;
 	const struct tr_redis *redis;
 	const struct tr_cluster *cluster; /* NULL: not clustered */
+	struct door_fuzz *fuzz;   /* NULL but in a fuzzing door (tr__door_fuzz_new) */
 };
 
 door_conf *tr__door_conf_get(tr_door *d);
@@ -123,5 +124,25 @@ void tr__api_status_page(tr_door *d, door_resp *r);
 void tr__door_trace_add(tr_door *d, const door_trace *t);
 /* Appends the client's "steps" JSON array from an engine answer map. */
 void tr__door_steps_json(const unsigned char *body, size_t n, tr_buf *out);
+
+/*
+ * Fuzzing (tests/fuzz/fuzz_http.c): a door with no listener and no actor,
+ * whose connections have no socket. tr__door_fuzz_new makes one on a
+ * started `node` (tr_whereis finds pipelines there, the read-only
+ * endpoints read it) with the default limits; publish a configuration
+ * with tr_door_set_config as for a real door. tr__door_fuzz_request runs
+ * p[0..n) through what a connection runs on those bytes (read_cb: parser
+ * callbacks, router, auth and rate, the body checks, the answer), as reads
+ * of `seg` bytes (0: one read), then the client's EOF; the bytes the
+ * connection would write are appended to `out`. A run that passes every
+ * check is not asked of the engine "pipeline:<name>" (whereis must still
+ * find it): it is answered at once as by a pipeline whose one step
+ * echoes its input, every second run as overloaded (503), through the
+ * real answer path (events and the final chunk when streaming). Calls
+ * come from one thread; tr__door_fuzz_free frees the door.
+ */
+int tr__door_fuzz_new(tr_node *node, tr_door **out);
+void tr__door_fuzz_request(tr_door *d, const void *p, size_t n, size_t seg, tr_buf *out);
+void tr__door_fuzz_free(tr_door *d);
 
 #endif

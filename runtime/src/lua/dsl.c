@@ -925,7 +925,8 @@ static const char *suggest_actor(vctx *v, const char *k, int sups)
 	for (size_t i = 0; sups && i < v->c->nsups; i++)
 		if (v->c->sups[i].name)
 			names_push(v, v->c->sups[i].name);
-	s = suggest(k, v->names + base, v->nnames - base);
+	/* none declared: names may still be NULL, and NULL + 0 is undefined */
+	s = v->nnames > base ? suggest(k, v->names + base, v->nnames - base) : NULL;
 	v->nnames = base;
 	return s;
 }
@@ -2797,7 +2798,10 @@ static int validate_k(lua_State *L)
 	return 0;
 }
 
-int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag)
+/* tr_config_load; with srcs, file i's text is srcs[i][0..lens[i]) instead
+ * of what is on disk. */
+static int config_load(const char *const *files, const char *const *srcs, const size_t *lens,
+                       size_t nfiles, tr_config **out, tr_diag *diag)
 {
 	size_t n0 = diag->n;
 	tr_config *c = NULL;
@@ -2833,7 +2837,8 @@ int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_
 	for (size_t i = 0; i < nfiles; i++) {
 		tr__lua_sb(L)->cur_file = (int)i;
 		tr__lua_budget(L, TR__LUA_LOAD_STEPS);
-		rc = tr__lua_run_file(L, c->files[i], err, sizeof(err));
+		rc = srcs != NULL ? tr__lua_run_buf(L, c->files[i], srcs[i], lens[i], err, sizeof(err))
+		                  : tr__lua_run_file(L, c->files[i], err, sizeof(err));
 		if (rc == TR_ENOMEM)
 			goto nomem;
 		if (rc != TR_OK) {
@@ -2867,4 +2872,15 @@ fail:
 	else
 		tr_config_free(c);
 	return rc;
+}
+
+int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag)
+{
+	return config_load(files, NULL, NULL, nfiles, out, diag);
+}
+
+int tr__config_load_mem(const char *name, const char *src, size_t len, tr_config **out,
+                        tr_diag *diag)
+{
+	return config_load(&name, &src, &len, 1, out, diag);
 }

@@ -72,6 +72,9 @@ void tr__lua_errmsg(lua_State *L, int status, char *err, size_t errlen);
  * error, the state's limits), with "path:line: ..." in err; TR_ENOMEM
  * when a C allocation fails. */
 int tr__lua_run_file(lua_State *L, const char *path, char *err, size_t errlen);
+/* The same for the text buf[0..len), named `path` in messages. */
+int tr__lua_run_buf(lua_State *L, const char *path, const char *buf, size_t len, char *err,
+                    size_t errlen);
 
 /* Installs the DSL functions into the env table on top of the stack (raises
  * on memory errors: call inside a pcall). */

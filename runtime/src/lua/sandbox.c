@@ -458,16 +458,24 @@ fail:
 
 int tr__lua_run_file(lua_State *L, const char *path, char *err, size_t errlen)
 {
-	char *buf = NULL, *name = NULL;
-	size_t len = 0, plen = strlen(path);
-	int st, rc;
-
-	rc = read_file(path, &buf, &len, err, errlen);
+	char *buf = NULL;
+	size_t len = 0;
+	int rc = read_file(path, &buf, &len, err, errlen);
 	if (rc != TR_OK)
 		return rc;
-	name = tr__malloc(plen + 2);
+	rc = tr__lua_run_buf(L, path, buf, len, err, errlen);
+	tr__free(buf);
+	return rc;
+}
+
+int tr__lua_run_buf(lua_State *L, const char *path, const char *buf, size_t len, char *err,
+                    size_t errlen)
+{
+	size_t plen = strlen(path);
+	char *name = tr__malloc(plen + 2);
+	int st;
+
 	if (name == NULL) {
-		tr__free(buf);
 		snprintf(err, errlen, "%s: out of memory", path);
 		return TR_ENOMEM;
 	}
@@ -475,7 +483,6 @@ int tr__lua_run_file(lua_State *L, const char *path, char *err, size_t errlen)
 	memcpy(name + 1, path, plen + 1);
 	/* lua_load runs protected: a syntax or memory error is a status. */
 	st = luaL_loadbufferx(L, buf, len, name, "t");
-	tr__free(buf);
 	tr__free(name);
 	if (st == LUA_OK) {
 		lua_rawgetp(L, LUA_REGISTRYINDEX, &tr__lua_key_env);

@@ -54,6 +54,14 @@ typedef struct tr_lua_limits {
  * tr_kind_register.
  */
 int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag);
+/*
+ * tr_config_load of one file whose text is src[0..len) instead of what is
+ * on disk at `name` (the name in messages and in the config), with the
+ * same limits: for checking text that is not a file (tests/fuzz). A
+ * tr_lua_state_new of the result would read `name` from disk.
+ */
+int tr__config_load_mem(const char *name, const char *src, size_t len, tr_config **out,
+                        tr_diag *diag);
 
 /*
  * A fresh sandboxed state with the config's files run again (the DSL
