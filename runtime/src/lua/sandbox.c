@@ -244,6 +244,62 @@ static int safe_collectgarbage(lua_State *L)
 	return 1;
 }
 
+/* setmetatable(t, mt) refuses a metatable with a __gc field: Lua runs
+ * finalizers with hooks off (lgc.c, GCTM), so a __gc function would run
+ * outside the instruction limit (`while true do end` in one hangs the
+ * thread at the next collection or at lua_close). Checking here is enough:
+ * an object is marked for finalization only if its metatable has __gc
+ * when it is set (a field added later is ignored). The real setmetatable
+ * is upvalue 1. */
+static int safe_setmetatable(lua_State *L)
+{
+	if (lua_type(L, 2) == LUA_TTABLE) {
+		lua_pushliteral(L, "__gc");
+		if (lua_rawget(L, 2) != LUA_TNIL)
+			return luaL_error(L, "setmetatable: a __gc metamethod is not allowed in the "
+			                     "sandbox (finalizers run outside the instruction limit)");
+		lua_pop(L, 1);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* xpcall's message handler, guarded. Lua calls a handler before it
+ * unwinds, and when the error was raised by a hook (ours raises only the
+ * instruction limit) hooks are still off then (ldo.c restores allowhook
+ * in luaD_pcall, after the handler ran): a handler with a loop in it
+ * would run unbounded. Once the budget is spent the handler is skipped
+ * and the limit's own message goes on. The user's handler is upvalue 1. */
+static int guarded_msgh(lua_State *L)
+{
+	tr__lsb *s = tr__lua_sb(L);
+
+	if (s->steps >= s->max_steps)
+		return 1;
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* xpcall(f, msgh, ...) with msgh guarded (above); the real xpcall is
+ * upvalue 1. */
+static int safe_xpcall(lua_State *L)
+{
+	int n = lua_gettop(L);
+
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_pushvalue(L, 2);
+	lua_pushcclosure(L, guarded_msgh, 1);
+	lua_replace(L, 2);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, n, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
 /* print() writes to stderr: stdout belongs to the program's output. */
 static int safe_print(lua_State *L)
 {
@@ -343,6 +399,12 @@ static int open_env(lua_State *L)
 	lua_setfield(L, -2, "collectgarbage");
 	lua_pushcfunction(L, safe_print);
 	lua_setfield(L, -2, "print");
+	lua_getfield(L, -1, "setmetatable");
+	lua_pushcclosure(L, safe_setmetatable, 1);
+	lua_setfield(L, -2, "setmetatable");
+	lua_getfield(L, -1, "xpcall");
+	lua_pushcclosure(L, safe_xpcall, 1);
+	lua_setfield(L, -2, "xpcall");
 	lua_pushvalue(L, -1);
 	lua_setfield(L, -2, "_G");
 	tr__lua_dsl_open(L);
@@ -456,6 +518,70 @@ fail:
 	return TR_EFAILED;
 }
 
+/* Feeds a file to lua_load a line at a time, so that a load error Lua
+ * gives no position for ("attempt to load a binary chunk", or "C stack
+ * overflow" from the parser on code nested too deep) can still name the
+ * line it was reading: every diagnostic is `file:line: message`. */
+typedef struct line_reader {
+	const char *p;
+	size_t left;
+	int line; /* of the last piece handed out */
+} line_reader;
+
+static const char *read_line(lua_State *L, void *ud, size_t *size)
+{
+	line_reader *r = ud;
+	const char *nl, *p = r->p;
+
+	(void)L;
+	if (r->left == 0) {
+		*size = 0;
+		return NULL;
+	}
+	nl = memchr(p, '\n', r->left);
+	*size = nl != NULL ? (size_t)(nl - p) + 1 : r->left;
+	r->p += *size;
+	r->left -= *size;
+	r->line++;
+	return p;
+}
+
+/* Whether Lua's message m already starts with "chunk:line:". */
+static int has_line(const char *m)
+{
+	const char *c = strchr(m, ':');
+	const char *d = c;
+
+	while (c != NULL) {
+		for (d = c + 1; *d >= '0' && *d <= '9'; d++)
+			;
+		if (d > c + 1 && *d == ':')
+			return 1;
+		c = strchr(c + 1, ':');
+	}
+	return 0;
+}
+
+static int load_lines(lua_State *L, const char *buf, size_t len, const char *name)
+{
+	line_reader r = {buf, len, 0};
+	int st = lua_load(L, read_line, &r, name, "t");
+
+	if (st != LUA_OK && st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING &&
+	    !has_line(lua_tostring(L, -1))) {
+		char id[LUA_IDSIZE];
+		size_t n = strlen(name + 1);
+		/* Lua's own shortening of "@path" (lobject.c, luaO_chunkid). */
+		if (n < sizeof(id))
+			memcpy(id, name + 1, n + 1);
+		else
+			snprintf(id, sizeof(id), "...%s", name + 1 + n - (sizeof(id) - 4));
+		lua_pushfstring(L, "%s:%d: %s", id, r.line > 0 ? r.line : 1, lua_tostring(L, -1));
+		lua_remove(L, -2);
+	}
+	return st;
+}
+
 int tr__lua_run_file(lua_State *L, const char *path, char *err, size_t errlen)
 {
 	char *buf = NULL;
@@ -482,7 +608,7 @@ int tr__lua_run_buf(lua_State *L, const char *path, const char *buf, size_t len,
 	name[0] = '@';
 	memcpy(name + 1, path, plen + 1);
 	/* lua_load runs protected: a syntax or memory error is a status. */
-	st = luaL_loadbufferx(L, buf, len, name, "t");
+	st = load_lines(L, buf, len, name);
 	tr__free(name);
 	if (st == LUA_OK) {
 		lua_rawgetp(L, LUA_REGISTRYINDEX, &tr__lua_key_env);
@@ -633,6 +759,13 @@ int tr_lua_call(lua_State *L, int fn, const unsigned char *in, size_t inlen,
 	st = tr__lua_pcall(L, 1, 0);
 	if (st != LUA_OK) {
 		tr__lua_errmsg(L, st, err, errlen);
+		a.rc = TR_EFAILED;
+	} else if (s->steps >= s->max_steps) {
+		/* The limit tripped in a coroutine and its error was caught
+		 * (pcall(coroutine.wrap(f))): the budget is the call's, not one
+		 * thread's, so the call fails all the same. */
+		snprintf(err, errlen, "instruction limit exceeded (%llu instructions)",
+		         (unsigned long long)s->max_steps);
 		a.rc = TR_EFAILED;
 	}
 	lua_settop(L, top);
