@@ -25,7 +25,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from tt import check, free_port, get, summary, wait_for  # noqa: E402
+from tt import check, free_port, get, post, summary, wait_for  # noqa: E402
 
 TROUPE, SRC = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 PG_SCRIPT = os.path.join(SRC, "scripts", "pg")
@@ -75,18 +75,6 @@ def start_node(text, name, extra_env):
     return p, port, log.name
 
 
-
-
-def post(port, pipeline, body, timeout=15):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    c.request("POST", "/v1/pipelines/" + pipeline, body=json.dumps(body))
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    try:
-        return r.status, json.loads(data)
-    except ValueError:
-        return r.status, data
 
 
 
