@@ -501,7 +501,8 @@ static void header_done(conn *c)
 		else if (has_token(v, "text/event-stream"))
 			c->accept = MODE_SSE;
 	} else if (lower_eq(&c->hname, "authorization") || lower_eq(&c->hname, "x-api-key")) {
-		const char *p = (const char *)v->data;
+		/* an empty value leaves data NULL, which memcpy must not get */
+		const char *p = v->len > 0 ? (const char *)v->data : "";
 		size_t n = v->len;
 		if (lower_eq(&c->hname, "authorization")) {
 			if (n >= 7 && strncasecmp(p, "Bearer ", 7) == 0) {
@@ -522,7 +523,8 @@ static void header_done(conn *c)
 	} else if (lower_eq(&c->hname, "expect")) {
 		c->expect_continue = has_token(v, "100-continue");
 	} else if (lower_eq(&c->hname, "traceparent") && v->len < sizeof(c->traceparent)) {
-		memcpy(c->traceparent, v->data, v->len);
+		if (v->len > 0) /* empty: data may be NULL (above) */
+			memcpy(c->traceparent, v->data, v->len);
 		c->traceparent[v->len] = '\0';
 	}
 	c->hname.len = 0;
