@@ -224,9 +224,9 @@ def test_errors(n):
     check("HTTP/2 preface-less version is refused", out.startswith(b"HTTP/1.1 505 ") or out.startswith(b"HTTP/1.1 400 "), out[:100])
 
     st, _, j, _ = n.run("fails", {})
-    check("a crashing step is 502 crashed, naming the step",
+    check("a crashing step is 502 crashed, naming the step and the Lua error",
           st == 502 and j["error"]["code"] == "crashed" and j["error"]["step"] == "boom" and
-          j["error"]["attempts"] == 2, (st, j))
+          j["error"]["attempts"] == 2 and "boom" in j["error"].get("message", ""), (st, j))
     st, _, j, _ = n.run("tight", {"work": 15})
     check("a run past its deadline is 504", st == 504 and j["error"]["code"] in ("timeout", "deadline"), (st, j))
     st, _, _, _ = n.req("GET", "/health")

@@ -6,15 +6,20 @@
  * files and finds the function by number). The state is only touched from
  * this actor's callbacks, which never run concurrently: no locks.
  *
- * A Lua error crashes the actor (TR_EFAILED): the runtime answers the
- * pending ask with TR_ECRASHED and the supervisor restarts it with a fresh
- * state, which also discards anything a failed call left behind. A body
+ * A Lua error crashes the actor (TR_EFAILED) and the supervisor restarts
+ * it with a fresh state, which also discards anything a failed call left
+ * behind; the pending ask is answered first with TR_ECRASHED and the Lua
+ * error as the reply's {message = "..."}, which the engine puts in the
+ * run's error (without it the caller would only see "crashed"). A body
  * that is not a msgpack map is the sender's fault, not the actor's: the
  * ask gets TR_EPROTO and the actor lives on.
  */
 #include <string.h>
 
+#include <msgpack.h>
+
 #include "lua/tlua.h"
+#include "pipe/mp.h"
 
 typedef struct lactor {
 	lua_State *L;               /* owned */
@@ -32,6 +37,29 @@ static int lactor_init(tr_ctx *ctx, void *state, const void *arg)
 		return TR_EINVAL;
 	la->spec = a->spec;
 	return tr_lua_state_new(a->config, NULL, &la->L, err, sizeof(err));
+}
+
+/* The error reply of an ask whose call raised: TR_ECRASHED with the Lua
+ * error text. Best effort: without memory the runtime's own crash answer
+ * (no text) follows. */
+static void crash_reply(tr_ctx *ctx, const tr_msg *m, const char *err)
+{
+	tr_buf b;
+	msgpack_packer pk;
+	tr_buf_init(&b);
+	tr__mp_packer(&pk, &b);
+	tr_msg *rep = NULL;
+	if (msgpack_pack_map(&pk, 1) == 0 && tr__mp_pack_cstr(&pk, "message") == TR_OK &&
+	    tr__mp_pack_cstr(&pk, err) == TR_OK && (rep = tr_msg_new()) != NULL &&
+	    (rep->body = tr_body_new(b.data, b.len)) != NULL) {
+		rep->tag = TR_TAG_REPLY_ERR;
+		rep->flags = TR_MSGF_ERROR;
+		rep->err = TR_ECRASHED;
+		(void)tr_reply(ctx, m, rep); /* consumes rep */
+		rep = NULL;
+	}
+	tr_msg_free(rep);
+	tr_buf_free(&b);
 }
 
 static int lactor_receive(tr_ctx *ctx, void *state, tr_msg *m)
@@ -58,6 +86,8 @@ static int lactor_receive(tr_ctx *ctx, void *state, tr_msg *m)
 	}
 	if (rc != TR_OK) {
 		tr_buf_free(&out);
+		if (m->flags & TR_MSGF_ASK)
+			crash_reply(ctx, m, err);
 		return rc == TR_ENOMEM ? TR_ENOMEM : TR_EFAILED;
 	}
 	if (m->flags & TR_MSGF_ASK) {
