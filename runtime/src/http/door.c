@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <http_parser.h>
@@ -53,6 +55,7 @@ typedef struct conn {
 	int writes;            /* writes in flight */
 	uint8_t st;
 	uint8_t close_after;   /* close once the writes are done */
+	uint8_t drain_close;   /* draining: close once written, unless a request came */
 	uint8_t linger;        /* ...after a lingering close (see conn_done) */
 	uint8_t paused;        /* parser paused at a request boundary */
 	uint8_t mode;          /* of the run in flight */
@@ -247,6 +250,8 @@ static void conn_done(conn *c)
 	uv_timer_start(&c->timer, linger_timer_cb, 2000, 0);
 }
 
+static int has_unread(conn *c);
+
 static void write_cb(uv_write_t *req, int status)
 {
 	wreq *w = (wreq *)req;
@@ -260,6 +265,8 @@ static void write_cb(uv_write_t *req, int status)
 	}
 	if (c->close_after && c->writes == 0)
 		conn_done(c);
+	else if (c->drain_close && c->writes == 0 && c->st == ST_IDLE && !has_unread(c))
+		conn_close(c);
 }
 
 /* Queues buf (taken; it is reset to empty) for writing. */
@@ -1504,10 +1511,22 @@ static conn *conn_new(dstate *ds, uv_loop_t *loop)
 	return c;
 }
 
+/* A connection just accepted: wait for its first request. */
+static void conn_start(conn *c)
+{
+	tr_door *d = c->ds->d;
+	uv_tcp_nodelay(&c->tcp, 1);
+	if (atomic_load_explicit(&d->conns, memory_order_relaxed) > d->o.max_connections) {
+		fail_conn(c, 503, "too_many_connections", "the node has too many open connections");
+		return;
+	}
+	uv_timer_start(&c->timer, idle_timer_cb, d->o.header_timeout_ms, 0);
+	uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
 static void on_connection(uv_stream_t *srv, int status)
 {
 	dstate *ds = srv->data;
-	tr_door *d = ds->d;
 	conn *c;
 	if (status < 0)
 		return;
@@ -1518,13 +1537,34 @@ static void on_connection(uv_stream_t *srv, int status)
 		conn_close(c);
 		return;
 	}
-	uv_tcp_nodelay(&c->tcp, 1);
-	if (atomic_load_explicit(&d->conns, memory_order_relaxed) > d->o.max_connections) {
-		fail_conn(c, 503, "too_many_connections", "the node has too many open connections");
+	conn_start(c);
+}
+
+/*
+ * Draining: takes in the connections still in the listener's accept queue
+ * (the kernel completed their handshake; closing the listener would reset
+ * them, a request perhaps already sent). drain() then serves or closes
+ * them like the others.
+ */
+static void accept_backlog(dstate *ds)
+{
+	uv_os_fd_t lfd;
+	int fd;
+	if (ds->listener == NULL || uv_fileno((const uv_handle_t *)ds->listener, &lfd) != 0)
 		return;
+	while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		conn *c = conn_new(ds, tr__ctx_loop(&ds->io));
+		if (c == NULL) {
+			close(fd);
+			return;
+		}
+		if (uv_tcp_open(&c->tcp, fd) != 0) {
+			close(fd);
+			conn_close(c);
+			continue;
+		}
+		conn_start(c);
 	}
-	uv_timer_start(&c->timer, idle_timer_cb, d->o.header_timeout_ms, 0);
-	uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
 }
 
 static void listener_close_cb(uv_handle_t *h)
@@ -1596,17 +1636,48 @@ sys_err:
 	return TR_EIO;
 }
 
+/*
+ * Whether a request may already be waiting on an idle connection: bytes
+ * in the socket that the loop has not read yet, or pipelined bytes kept
+ * for after the last answer. A client that sent a request on a keep-alive
+ * connection cannot know that the node has not read it; closing such a
+ * connection would reset it, unanswered.
+ */
+static int has_unread(conn *c)
+{
+	uv_os_fd_t fd;
+	int n = 0;
+	if (c->pending.len > 0)
+		return 1;
+	if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0)
+		return 0;
+	return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
+/*
+ * Stop accepting; close the idle connections, except those with a request
+ * already on its way in (has_unread: it is read, run and answered, then
+ * the connection closes: keep_alive() is off while draining). Busy ones
+ * close after their answer; one still writing a keep-alive answer closes
+ * when written, unless the client's next request has come meanwhile
+ * (drain_close, in write_cb). A request sent after our close is the
+ * client's race with our FIN, as with any keep-alive server.
+ */
 static void drain(dstate *ds)
 {
 	ds->draining = 1;
+	accept_backlog(ds);
 	stop_listening(ds);
 	for (conn *c = ds->conns, *next; c != NULL; c = next) {
 		next = c->next;
-		if (c->st == ST_IDLE && c->writes == 0)
+		if (c->st == ST_IDLE && c->writes == 0 && !has_unread(c))
 			conn_close(c);
 		else
-			c->close_after = c->st == ST_IDLE; /* busy ones close after their answer */
+			c->drain_close = c->st == ST_IDLE; /* an answer still being written */
 	}
+	/* release: pairs with the acquire in tr_door_drained. A door counted
+	 * here has stopped its listener, so `conns` can only fall from now. */
+	atomic_fetch_add_explicit(&ds->d->drained, 1, memory_order_release);
 }
 
 static int door_receive(tr_ctx *ctx, void *st, tr_msg *m)
@@ -1849,9 +1920,18 @@ void tr_door_drain(tr_door *d)
 	}
 }
 
+
 uint64_t tr_door_inflight(const tr_door *d)
 {
 	return atomic_load_explicit(&d->inflight, memory_order_relaxed);
+}
+
+int tr_door_drained(const tr_door *d)
+{
+	/* acquire: pairs with the release in drain() */
+	return atomic_load_explicit(&d->drained, memory_order_acquire) >= d->n &&
+	       atomic_load_explicit(&d->conns, memory_order_relaxed) == 0 &&
+	       atomic_load_explicit(&d->inflight, memory_order_relaxed) == 0;
 }
 
 int tr_door_port(const tr_door *d)

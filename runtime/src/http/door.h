@@ -65,6 +65,11 @@ void tr_door_set_cluster(tr_door *d, const struct tr_cluster *c);
 void tr_door_drain(tr_door *d);
 /* Pipeline calls dispatched and not yet answered, all workers. */
 uint64_t tr_door_inflight(const tr_door *d);
+/* Graceful stop, step 2: true once every door has run its drain and
+ * every connection is closed: each request that reached the node (read,
+ * dispatched, or waiting unread on a connection at the drain) has been
+ * answered. Poll it after tr_door_drain, under the grace period. */
+int tr_door_drained(const tr_door *d);
 /* The port served (the kernel's choice when started on port 0). */
 int tr_door_port(const tr_door *d);
 /* Open connections, all workers. */

@@ -72,6 +72,7 @@ struct tr_door {
 	atomic_uint conns;
 	atomic_ullong inflight;
 	atomic_int draining;      /* set once by the control thread */
+	atomic_uint drained;      /* doors that have run their drain */
 	uv_mutex_t ring_mu;       /* guards ring, ring_next */
 	door_trace ring[DOOR_TRACES]; /* oldest overwritten */
 	unsigned ring_next;
