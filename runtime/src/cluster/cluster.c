@@ -1732,7 +1732,10 @@ int tr_cluster_start(tr_node *n, unsigned worker, const tr_cluster_opts *o, tr_c
 	so.mbox.mailbox = 65536;
 	so.mbox.overflow = TR_OVERFLOW_REJECT;
 	so.mbox.batch = 1024;
-	int rc = tr__spawn_pinned(n, worker, &cluster_ops, c, &so, &c->ref);
+	/* init sets c->ref itself, before the loop can read it: writing it
+	 * here again, after init, would race with the loop. */
+	tr_ref self;
+	int rc = tr__spawn_pinned(n, worker, &cluster_ops, c, &so, &self);
 	c->err = NULL;
 	c->errlen = 0;
 	if (rc != TR_OK) {
