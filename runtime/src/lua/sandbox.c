@@ -33,6 +33,7 @@
 
 #include "core/alloc.h"
 #include "lua/lua_int.h"
+#include "lua/pattern.h"
 #include "msg/msg_int.h"
 
 const char tr__lua_key_env;
@@ -361,10 +362,13 @@ static int open_env(lua_State *L)
 	luaL_requiref(L, LUA_COLIBNAME, luaopen_coroutine, 1);
 	lua_settop(L, 0);
 
-	/* No dump, anywhere: strings reach the real table via __index. */
+	/* No dump, anywhere: strings reach the real table via __index. For
+	 * the same reason the bounded pattern functions replace lstrlib's in
+	 * the real table, before the env copies it (pattern.h). */
 	lua_getglobal(L, LUA_STRLIBNAME);
 	lua_pushnil(L);
 	lua_setfield(L, -2, "dump");
+	tr__lpat_open(L, -1);
 	lua_pop(L, 1);
 	lua_pushliteral(L, "");
 	if (lua_getmetatable(L, -1)) {
