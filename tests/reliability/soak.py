@@ -7,7 +7,8 @@ nothing fails, nothing leaks (issue 8).
 Starts `troupe run --threads 2` on pipelines/assistant.lua (embedded
 backends), drives it with wrk the way the benchmarks do (bench/wrk.sh's
 run_wrk, bench/http_assistant.lua: keep-alive, t1c64, 8 questions in
-turn), in segments until the target count, and samples the node's VmRSS
+turn; wrk's socket timeout 10 s, past the assistant's 8 s deadline, so
+that a slow answer on a busy machine is no error), in segments until the target count, and samples the node's VmRSS
 (/proc/PID/status) and its request count (/metrics) every second.
 Warm-up is the first 10 % of the requests; the growth is the RSS of the
 last sample under load against the first sample past the warm-up.
@@ -103,7 +104,7 @@ def wrk_segment(port, secs, out):
     url = "http://127.0.0.1:%d/v1/pipelines/assistant" % port
     env = dict(os.environ, DURATION=str(secs), out=out)
     subprocess.run(["bash", "-c", '. bench/wrk.sh && run_wrk troupe soak_segment 2 "$@"', "wrk",
-                    WRK_LOAD, url, "-s", "bench/http_assistant.lua"],
+                    WRK_LOAD, url, "--timeout", "10s", "-s", "bench/http_assistant.lua"],
                    cwd=SRC, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    timeout=secs + 60)
     with open(os.path.join(out, "wrk.txt")) as f:
@@ -116,6 +117,9 @@ def wrk_segment(port, secs, out):
     s = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if s:
         errors += sum(int(x) for x in s.groups())
+    if errors:
+        print("soak: wrk: " + "; ".join(l.strip() for l in text.splitlines()
+                                       if "Non-2xx" in l or "Socket errors" in l))
     return n, errors, secs
 
 
