@@ -19,6 +19,13 @@
  *    load) stay unreachable. string.dump is removed from the real string
  *    table too (strings reach it through their metatable), and that
  *    metatable is hidden (__metatable = false) so a script cannot patch it.
+ *  - Catching an error is C work the count hook does not see: a loop of
+ *    pcall(error) is a few instructions per turn but microseconds of
+ *    unwinding. So each catch point (pcall, xpcall, coroutine.resume and
+ *    the functions coroutine.wrap makes) and each undefined-global error
+ *    charges CATCH_STEPS to the budget, which keeps the budget a bound on
+ *    time (found by fuzz_lua_check: `while true do pcall(error) end` ran
+ *    3 s, a loop of caught unknown-name errors 20 s, under a 50 M limit).
  *  - Reading an undefined global is an error naming it (with a suggestion),
  *    which turns `acter "x"` into a message instead of "attempt to call a
  *    nil value".
@@ -121,6 +128,16 @@ static void hook(lua_State *L, lua_Debug *ar)
 		lua_pushfstring(L, "instruction limit exceeded (%I instructions)",
 		                (lua_Integer)s->max_steps);
 	lua_error(L);
+}
+
+#define CATCH_STEPS 1000u
+
+/* Charges `n` steps of C work; the count hook raises the limit at its
+ * next check once the budget is spent. */
+static void charge(lua_State *L, uint64_t n)
+{
+	tr__lsb *s = tr__lua_sb(L);
+	s->steps += n;
 }
 
 void tr__lua_budget(lua_State *L, uint64_t steps)
@@ -292,6 +309,7 @@ static int safe_xpcall(lua_State *L)
 	int n = lua_gettop(L);
 
 	luaL_checktype(L, 2, LUA_TFUNCTION);
+	charge(L, CATCH_STEPS);
 	lua_pushvalue(L, 2);
 	lua_pushcclosure(L, guarded_msgh, 1);
 	lua_replace(L, 2);
@@ -299,6 +317,36 @@ static int safe_xpcall(lua_State *L)
 	lua_insert(L, 1);
 	lua_call(L, n, LUA_MULTRET);
 	return lua_gettop(L);
+}
+
+/* pcall, charged (above); the real one is upvalue 1. */
+static int charged_call(lua_State *L)
+{
+	charge(L, CATCH_STEPS);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
+/* coroutine.wrap(f), whose function is a catch point too: the wrapped
+ * function (the real wrap's result) is upvalue 1 of each call. */
+static int charged_wrap(lua_State *L)
+{
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	lua_pushcclosure(L, charged_call, 1);
+	return 1;
+}
+
+/* Replaces field `k` of the table at `t` by a charged version. */
+static void charge_field(lua_State *L, int t, const char *k, lua_CFunction fn)
+{
+	t = lua_absindex(L, t);
+	lua_getfield(L, t, k);
+	lua_pushcclosure(L, fn, 1);
+	lua_setfield(L, t, k);
 }
 
 /* print() writes to stderr: stdout belongs to the program's output. */
@@ -336,6 +384,7 @@ static int strict_index(lua_State *L)
 
 	if (k == NULL)
 		return 0;
+	charge(L, CATCH_STEPS);
 	for (size_t i = 0; i < sizeof(dsl_names) / sizeof(dsl_names[0]); i++) {
 		unsigned d = tr__lua_editdist(k, dsl_names[i], 2);
 		if (d < bd) {
@@ -409,6 +458,11 @@ static int open_env(lua_State *L)
 	lua_getfield(L, -1, "xpcall");
 	lua_pushcclosure(L, safe_xpcall, 1);
 	lua_setfield(L, -2, "xpcall");
+	charge_field(L, -1, "pcall", charged_call);
+	lua_getfield(L, -1, "coroutine"); /* the env's copy */
+	charge_field(L, -1, "resume", charged_call);
+	charge_field(L, -1, "wrap", charged_wrap);
+	lua_pop(L, 1);
 	lua_pushvalue(L, -1);
 	lua_setfield(L, -2, "_G");
 	tr__lua_dsl_open(L);

@@ -1,0 +1,1 @@
+while true do pcall(function() while tre do end end) end
