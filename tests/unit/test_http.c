@@ -1320,15 +1320,20 @@ TT_TEST(door_ipv6)
 
 /* Stopping the node with connections open: the doors close them, and
  * the door frees after the node without a leak. */
-/* A door with default options on 127.0.0.1:port (also g_door), or NULL. */
-static tr_door *door_on(tr_node *n, int port)
+/* A node of 2 threads (*n) with a door of default options on a free
+ * loopback port (*port; also g_door), or NULL. */
+static tr_door *door_up(tr_node **n, int *port)
 {
 	char addr[64], err[256] = "";
 	tr_door_opts o = {0};
 	tr_door *d = NULL;
-	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+	*port = free_port();
+	*n = *port > 0 ? tn_start(2) : NULL;
+	if (*n == NULL)
+		return NULL;
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", *port);
 	o.listen = addr;
-	if (tr_door_start(n, &o, &d, err, sizeof(err)) != TR_OK) {
+	if (tr_door_start(*n, &o, &d, err, sizeof(err)) != TR_OK) {
 		fprintf(stderr, "  door on %s: %s\n", addr, err);
 		return NULL; /* the test fails here: d is left to the process exit */
 	}
@@ -1338,11 +1343,9 @@ static tr_door *door_on(tr_node *n, int port)
 
 TT_TEST(door_stop_with_open_connection)
 {
-	int port = free_port();
-	TT_ASSERT(port > 0);
-	tr_node *n = tn_start(2);
-	TT_ASSERT(n != NULL);
-	tr_door *d = door_on(n, port);
+	int port;
+	tr_node *n;
+	tr_door *d = door_up(&n, &port);
 	TT_ASSERT(d != NULL);
 	int fd[3];
 	for (int i = 0; i < 3; i++) {
@@ -1377,11 +1380,9 @@ TT_TEST(door_drain_answers_waiting)
 {
 	enum { NBUSY = 16, NIDLE = 4 };
 	char resp[2048];
-	int port = free_port();
-	TT_ASSERT(port > 0);
-	tr_node *n = tn_start(2);
-	TT_ASSERT(n != NULL);
-	tr_door *d = door_on(n, port);
+	int port;
+	tr_node *n;
+	tr_door *d = door_up(&n, &port);
 	TT_ASSERT(d != NULL);
 	int fd[NBUSY + NIDLE];
 	for (int i = 0; i < NBUSY + NIDLE; i++) {
