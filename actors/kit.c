@@ -3,6 +3,7 @@
  * See kit.h.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -380,4 +381,113 @@ int tr_step_fail(tr_ctx *ctx, const tr_msg *req, int err, const char *fmt, ...)
 	rep->body = tr_body_new(b.data, b.len);
 	tr_buf_free(&b);
 	return tr_reply(ctx, req, rep);
+}
+
+/* ---- regexes ------------------------------------------------------------ */
+
+/* Saturating, so that hostile counts cannot wrap the estimate. */
+static uint64_t cost_mul(uint64_t a, uint64_t b)
+{
+	return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b;
+}
+
+static uint64_t cost_add(uint64_t a, uint64_t b)
+{
+	return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+int tr_kregex_check(const char *ere, char *why, size_t whylen)
+{
+	/* Per open group: the cost of what it holds so far. `last` is the
+	 * cost of the latest atom, not yet added (a quantifier multiplies
+	 * it); `quant` whether the latest token was a quantifier. */
+	uint64_t sum[33], last = 0;
+	unsigned depth = 0;
+	int quant = 0;
+	size_t n = strlen(ere);
+
+	if (n > TR_KRE_MAX_LEN) {
+		snprintf(why, whylen, "longer than %d bytes", TR_KRE_MAX_LEN);
+		return TR_EINVAL;
+	}
+	sum[0] = 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = ere[i];
+		uint64_t factor = 0;
+		if (ch == '*' || ch == '+' || ch == '?' || ch == '{') {
+			unsigned long lo = 0, hi = 0;
+			if (ch == '{') {
+				char *end;
+				lo = strtoul(ere + i + 1, &end, 10);
+				hi = lo;
+				if (*end == ',')
+					hi = end[1] == '}' ? lo : strtoul(end + 1, &end, 10);
+				else if (*end != '}')
+					continue; /* not a count: regcomp judges it */
+				if (lo > TR_KRE_MAX_COUNT || hi > TR_KRE_MAX_COUNT) {
+					snprintf(why, whylen, "a repetition count above %d", TR_KRE_MAX_COUNT);
+					return TR_EINVAL;
+				}
+				while (i < n && ere[i] != '}')
+					i++;
+			}
+			if (quant) {
+				snprintf(why, whylen, "a quantifier right after another one (near offset %zu)", i);
+				return TR_EINVAL;
+			}
+			factor = ch == '*' || ch == '?' ? 1 : ch == '+' ? 2 : (hi > lo ? hi : lo) + 1;
+			last = cost_mul(last, factor);
+			quant = 1;
+			continue;
+		}
+		quant = 0;
+		if (ch == '(') {
+			if (depth == 32) {
+				snprintf(why, whylen, "groups nested deeper than 32");
+				return TR_EINVAL;
+			}
+			sum[depth] = cost_add(sum[depth], last);
+			last = 0;
+			sum[++depth] = 0;
+			continue;
+		}
+		if (ch == ')' && depth > 0) {
+			uint64_t g = cost_add(sum[depth--], last);
+			last = cost_add(g, 1);
+			continue;
+		}
+		sum[depth] = cost_add(sum[depth], last);
+		last = 1;
+		if (ch == '\\' && i + 1 < n) {
+			i++;
+		} else if (ch == '[') {
+			/* A bracket is one atom: skip to its closing ']' (a first ']'
+			 * and [:class:] items are members). */
+			size_t j = i + 1;
+			if (j < n && ere[j] == '^')
+				j++;
+			if (j < n && ere[j] == ']')
+				j++;
+			while (j < n && ere[j] != ']') {
+				if (ere[j] == '[' && j + 1 < n && strchr(":=.", ere[j + 1]) != NULL) {
+					const char *e = strstr(ere + j + 2, ere[j + 1] == ':' ? ":]" : ere[j + 1] == '=' ? "=]" : ".]");
+					j = e != NULL ? (size_t)(e - ere) + 2 : n;
+					continue;
+				}
+				j++;
+			}
+			i = j < n ? j : n - 1;
+		}
+		if (sum[depth] > TR_KRE_MAX_COST)
+			break;
+	}
+	while (depth > 0) /* unbalanced: regcomp says so; count what is open */
+		last = cost_add(sum[depth--], last);
+	uint64_t total = cost_add(sum[0], last);
+	if (total > TR_KRE_MAX_COST) {
+		snprintf(why, whylen, "it would compile too large (counted or stacked repetitions: "
+		         "about %llu nodes, at most %d)", (unsigned long long)total, TR_KRE_MAX_COST);
+		return TR_EINVAL;
+	}
+	return TR_OK;
 }

@@ -33,6 +33,26 @@
 
 #include "pipe/spec.h"
 
+/* ---- regexes ---------------------------------------------------------- */
+
+/*
+ * Before regcomp: glibc compiles a counted or stacked repetition by
+ * copying the repeated tree (x{3} is xxx, x+ is xx*), so a short pattern
+ * like "(a{200}){200}" or "a+++++..." (each '+' doubles what came before)
+ * takes gigabytes and minutes to compile: a config must not be able to do
+ * that to the node (found by fuzz_lua_check: an intent rule with sixty
+ * '+' in a row ran the loader out of 2 GiB). This estimates the compiled
+ * size of an ERE from its structure and refuses, with a message in why:
+ * longer than TR_KRE_MAX_LEN, a quantifier right after another one, a
+ * count above TR_KRE_MAX_COUNT, groups nested deeper than 32, or an
+ * estimated size past TR_KRE_MAX_COST. TR_OK or TR_EINVAL. A pattern that
+ * passes may still be invalid: regcomp says so.
+ */
+#define TR_KRE_MAX_LEN 4096
+#define TR_KRE_MAX_COUNT 10000
+#define TR_KRE_MAX_COST 100000
+int tr_kregex_check(const char *ere, char *why, size_t whylen);
+
 /* ---- settings --------------------------------------------------------- */
 
 typedef struct tr_kcfg {

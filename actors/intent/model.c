@@ -754,6 +754,10 @@ static int read_rule(tr_kcfg *c, tr_intent_model *m, const msgpack_object *o, ui
 	char *ere = translate(pat->via.str.ptr, pat->via.str.size, why, sizeof(why));
 	if (ere == NULL)
 		return tr_kcfg_fail(c, "%s.pattern: %s", what, why);
+	if (tr_kregex_check(ere, why, sizeof(why)) != TR_OK) {
+		tr__free(ere);
+		return tr_kcfg_fail(c, "%s.pattern: refused: %s", what, why);
+	}
 	int rc = regcomp(&r->re, ere, REG_EXTENDED | REG_ICASE);
 	tr__free(ere);
 	if (rc != 0) {

@@ -222,6 +222,12 @@ static int read_patterns(tr_safety_rules *r, tr_kcfg *c)
 			return tr_kcfg_fail(c, "patterns: element %u (%s): regex contains a NUL byte",
 			                    i + 1, p->name);
 		}
+		char why[160];
+		if (tr_kregex_check(src, why, sizeof(why)) != TR_OK) {
+			tr_kcfg_fail(c, "patterns: element %u (%s): regex refused: %s", i + 1, p->name, why);
+			tr__free(src);
+			return TR_EINVAL;
+		}
 		rc = regcomp(&p->re, src, REG_EXTENDED);
 		if (rc != 0) {
 			char why[128];

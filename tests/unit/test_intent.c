@@ -580,6 +580,14 @@ static const struct bad_case bad_lua[] = {
 	 "slots)"},
 	{"rules = { { intent = \"a\", pattern = \"x(\" } }",
 	 "actor 'intent': rules[1].pattern: bad regex 'x(': Unmatched ( or \\("},
+	/* glibc's regcomp copies repeated trees: these took gigabytes (the
+	 * first one found by fuzz_lua_check), now refused by tr_kregex_check. */
+	{"rules = { { intent = \"a\", pattern = \"x++++++++++++++++++++++++++++++++\" } }",
+	 "actor 'intent': rules[1].pattern: refused: a quantifier right after another one (near "
+	 "offset 2)"},
+	{"rules = { { intent = \"a\", pattern = \"((a{200}){200}){200}\" } }",
+	 "actor 'intent': rules[1].pattern: refused: it would compile too large (counted or stacked "
+	 "repetitions: about 8161203 nodes, at most 100000)"},
 	{"rules = { { intent = \"a\", pattern = \"a{2\" } }",
 	 "actor 'intent': rules[1].pattern: bad regex 'a{2': Unmatched \\{"},
 	{"rules = { { intent = \"a\", pattern = \"[z-a]\" } }",

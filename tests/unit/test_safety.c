@@ -768,6 +768,9 @@ TT_TEST(settings_errors)
 		{"patterns = { { name = \"a\", regex = \"EMP-[0-9\" } }",
 		 "actor 'safety': patterns: element 1 (a): bad regex \"EMP-[0-9\": Unmatched [, [^, "
 		 "[:, [., or [="},
+		{"patterns = { { name = \"a\", regex = \"((b{2,250}){250}){5}\" } }",
+		 "actor 'safety': patterns: element 1 (a): regex refused: it would compile too large "
+		 "(counted or stacked repetitions: about 379518 nodes, at most 100000)"},
 		{"patterns = { { name = \"a\", regex = \"[0-9]*\" } }",
 		 "actor 'safety': patterns: element 1 (a): regex \"[0-9]*\" matches the empty string"},
 		{"blocklist = { \"\" }", "actor 'safety': blocklist: element 1: empty word"},
