@@ -17,7 +17,13 @@
 #include "cluster/tls.h"
 #include "sched/sched.h"
 
-#define K_RECV 16              /* receives outstanding */
+/* Receives outstanding on the membership socket: one, so frames of a link
+ * are handled in the order they came (two aios complete on two nng
+ * threads and may reach the queue in either order: an AUTH seen before
+ * its HELLO closed the link as garbage, a rare bad_frames in TSan runs).
+ * The pipes wait meanwhile (nng reads a pipe only when the socket takes
+ * the message); membership traffic is a few frames per heartbeat. */
+#define K_RECV 1
 #define SEND_SLOTS_MAX 1024    /* send aios at most (more frames are dropped) */
 #define LINKS_MAX 256          /* pipes tracked at most (authenticated or not) */
 #define DIALERS_MAX (TR_CLUSTER_MEMBERS_MAX + 16)
