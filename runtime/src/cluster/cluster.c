@@ -884,7 +884,9 @@ static void accept_peer(cstate *cs, clink *l)
 	if (rejoin)
 		bump(&c->st.rejoined);
 	set_state(cs, m, TR_MEMBER_ALIVE);
-	tr__cl_peer_up(cs, m);
+	/* Batches wait until it has accepted us too (on_up_frame): its data
+	 * listener drops a batch from a node it does not know yet. */
+	m->data_ready = 0;
 	cs->view_dirty = cs->gossip_dirty = 1;
 }
 
@@ -999,6 +1001,12 @@ static void on_up_frame(cstate *cs, clink *l, unsigned t, const unsigned char *p
 	}
 	if (cs->leaving && t != F_LEAVE_ACK)
 		return;
+	if (!m->data_ready) {
+		/* It sends this only after accepting us: both ends know each
+		 * other now, the data link can start. */
+		m->data_ready = 1;
+		tr__cl_peer_up(cs, m);
+	}
 	switch (t) {
 	case F_MEMBERS:
 		on_members(cs, p, n);
@@ -1097,8 +1105,15 @@ static void on_frame(cstate *cs, uint32_t pipe, const unsigned char *p, size_t n
 	clink *l = link_find(cs, pipe);
 	bump(&c->st.frames_in);
 	add(&c->st.bytes_in, n);
-	if (l == NULL)
+	if (l == NULL) {
+		/* A receive and the pipe's REM reach the queue from two nng
+		 * threads, in either order: a frame of a pipe already gone is
+		 * not news of a new one. */
+		for (unsigned i = 0; i < cs->ngone && i < 64; i++)
+			if (cs->gone[i] == pipe)
+				return;
 		l = link_new(cs, pipe, nng_dialer_id(nng_pipe_dialer(pipe_of(pipe))));
+	}
 	if (l == NULL || l->closing)
 		return;
 	if (n > c->max_frame || tr_mp_check(p, n, FRAME_DEPTH) != TR_OK ||
@@ -1139,6 +1154,9 @@ static void on_pipe_add(cstate *cs, uint32_t pipe, int dialer)
 			l->dialer = dialer;
 		return;
 	}
+	for (unsigned i = 0; i < cs->ngone && i < 64; i++)
+		if (cs->gone[i] == pipe)
+			return; /* its REM came first */
 	(void)link_new(cs, pipe, dialer);
 }
 
@@ -1146,6 +1164,7 @@ static void on_pipe_rem(cstate *cs, uint32_t pipe)
 {
 	tr_cluster *c = cs->c;
 	clink *l = link_find(cs, pipe);
+	cs->gone[cs->ngone++ % 64] = pipe;
 	if (l == NULL)
 		return;
 	if (l->st == L_UP) {

@@ -218,6 +218,8 @@ typedef struct member {
 	uint64_t last_ack_ns;    /* last news of it (ACK, confirmation, join) */
 	uint64_t suspect_ns;     /* when it became suspect */
 	int leave_pending;       /* we left and wait for its LEAVE_ACK */
+	int data_ready;          /* it accepted us too (a frame only an accepted link
+	                          * carries came): its data link may carry batches */
 } member;
 
 typedef struct dialer_ent {
@@ -253,11 +255,14 @@ typedef struct cstate {
 	unsigned leave_pending;
 	int stopping, leaving;
 	int view_dirty, gossip_dirty;
+	uint32_t gone[64];       /* pipes whose REM came: their late frames are dropped */
+	unsigned ngone;
 	/* data plane (remote.c) */
 	tr_ctx ioctx;            /* init's ctx, for sends from uv callbacks */
 	int flush_queued;        /* a FLUSH marker waits in our mailbox */
 	unsigned names_ver;      /* registry version last published */
 	int retired_sent;        /* the empty list went out after tr_cluster_retire */
+	uint64_t names_ns;       /* when the names go out again unasked */
 	tr__map proxies;         /* our monitor id -> proxy: remote watchers of local actors */
 	unsigned in_total;       /* batches held in peers' rings */
 	slot *stalled;           /* receive slots not re-armed while too many are held */

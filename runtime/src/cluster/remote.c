@@ -73,6 +73,7 @@
 #define READY_MAX 16               /* sealed batches queued per peer before the hook refuses */
 #define ASK_WINDOW 8192            /* asks in flight per link */
 #define ASK_TTL_S 600              /* an unanswered ask without deadline is forgotten after */
+#define NAMES_EVERY_NS (5ull * 1000000000u) /* names sent again at least this often */
 #define IN_CAP 256                 /* batches held per peer (a paused link) */
 #define IN_STALL 64                /* held in all: stop receiving until half of it is delivered */
 
@@ -949,8 +950,11 @@ void tr__cl_data_tick(cstate *cs, uint64_t now)
 	tr_cluster *c = cs->c;
 	unsigned v = atomic_load_explicit(&c->node->names_ver, memory_order_relaxed);
 	int retired = atomic_load_explicit(&c->retired, memory_order_relaxed);
-	if (v != cs->names_ver || (retired && !cs->retired_sent)) {
+	/* On a change, and every NAMES_EVERY anyway: a list that met a
+	 * reset link is not lost for good. */
+	if (v != cs->names_ver || (retired && !cs->retired_sent) || now >= cs->names_ns) {
 		cs->names_ver = v;
+		cs->names_ns = now + NAMES_EVERY_NS;
 		send_names(cs);
 	}
 	if (cs->in_total > 0)
