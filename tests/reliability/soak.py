@@ -167,10 +167,10 @@ def mailbox_peaks(port):
         _, j = get(port, "/v1/actors", timeout=10)
     except (OSError, ValueError):
         return "?"
-    out, todo = [], list(j.get("tree", [])) + list(j.get("others", []))
-    while todo:
-        a = todo.pop()
-        todo += a.get("children") or []
+    out, pending = [], list(j.get("tree", [])) + list(j.get("others", []))
+    while pending:
+        a = pending.pop()
+        pending += a.get("children") or []
         if (a.get("max_depth") or 0) > 100:
             out.append("%s %d/%d" % (a.get("name"), a["max_depth"], a.get("capacity") or 0))
     return ", ".join(sorted(out)) or "none"
