@@ -24,6 +24,44 @@ static inline uint64_t tc_stat(const tr_cluster *c, size_t off)
 }
 #define ST(c, f) tc_stat((c), offsetof(tr_cluster_stats, f))
 
+/* The options of a test node: cluster `name`/`id` on a loopback port the
+ * kernel picks, seeded with `*seed` when it is not NULL (seed points at
+ * the caller's one-element array, which must outlive the start); the
+ * caller sets the rest (timings, labels, ...). */
+static inline tr_cluster_opts tc_opts(const char *name, uint32_t id, const char **seed,
+                                      const unsigned char *secret, size_t secret_len)
+{
+	tr_cluster_opts o = {0};
+	o.name = name;
+	o.node_id = id;
+	o.listen = "tcp://127.0.0.1:0";
+	o.seeds = seed;
+	o.nseeds = *seed != NULL ? 1 : 0;
+	o.secret = secret;
+	o.secret_len = secret_len;
+	return o;
+}
+
+/* Starts node o->node_id with `threads` workers and its cluster actor on
+ * worker `worker`; url gets the cluster's address. 0, or -1 (said why). */
+static inline int tc_start(const tr_cluster_opts *o, unsigned threads, unsigned worker,
+                           tr_node **n, tr_cluster **c, char *url, size_t urllen)
+{
+	tr_node_opts no = {0};
+	char err[256];
+	no.threads = threads;
+	no.node_id = o->node_id;
+	if (tr_node_new(&no, n) != TR_OK || tr_node_start(*n) != TR_OK)
+		return -1;
+	int rc = tr_cluster_start(*n, worker, o, c, err, sizeof(err));
+	if (rc != TR_OK) {
+		fprintf(stderr, "  tr_cluster_start(%s): %s: %s\n", o->name, tr_err_name(rc), err);
+		return -1;
+	}
+	snprintf(url, urllen, "tcp://127.0.0.1:%d", tr_cluster_port(*c));
+	return 0;
+}
+
 /* Set when a cluster's nng_close hung (nng 1.5.2, see tc_in_child). */
 static int tc_nng_stuck;
 

@@ -79,24 +79,11 @@ static const tr_cluster_tls_opts *cn_tls;
 static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed,
                     const unsigned char *sec, uint64_t hb_us)
 {
-	tr_node_opts no = {0};
-	char err[256];
 	const char *seeds[1] = {seed};
 	memset(cn, 0, sizeof(*cn));
 	snprintf(cn->name, sizeof(cn->name), "%s", name);
 	cn->id = id;
-	no.threads = 1;
-	no.node_id = id;
-	if (tr_node_new(&no, &cn->n) != TR_OK || tr_node_start(cn->n) != TR_OK)
-		return -1;
-	tr_cluster_opts o = {0};
-	o.name = name;
-	o.node_id = id;
-	o.listen = "tcp://127.0.0.1:0";
-	o.seeds = seeds;
-	o.nseeds = seed != NULL ? 1 : 0;
-	o.secret = sec;
-	o.secret_len = sizeof(secret) - 1;
+	tr_cluster_opts o = tc_opts(name, id, seeds, sec, sizeof(secret) - 1);
 	o.labels = id % 2 ? labels_a : labels_b;
 	o.nlabels = id % 2 ? 2 : 1;
 	o.heartbeat_us = hb_us;
@@ -105,13 +92,7 @@ static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed,
 	o.handshake_us = 1000000u;
 	o.max_frame = MAX_FRAME;
 	o.tls = cn_tls;
-	int rc = tr_cluster_start(cn->n, 0, &o, &cn->c, err, sizeof(err));
-	if (rc != TR_OK) {
-		fprintf(stderr, "  tr_cluster_start(%s): %s: %s\n", name, tr_err_name(rc), err);
-		return -1;
-	}
-	snprintf(cn->url, sizeof(cn->url), "tcp://127.0.0.1:%d", tr_cluster_port(cn->c));
-	return 0;
+	return tc_start(&o, 1, 0, &cn->n, &cn->c, cn->url, sizeof(cn->url));
 }
 
 static void cn_stop(cnode *cn)

@@ -70,32 +70,13 @@ typedef struct cnode {
 
 static int cn_start(cnode *cn, const char *name, uint32_t id, const char *seed)
 {
-	tr_node_opts no = {0};
-	char err[256];
 	const char *seeds[1] = {seed};
 	memset(cn, 0, sizeof(*cn));
-	no.threads = 2;
-	no.node_id = id;
-	if (tr_node_new(&no, &cn->n) != TR_OK || tr_node_start(cn->n) != TR_OK)
-		return -1;
-	tr_cluster_opts o = {0};
-	o.name = name;
-	o.node_id = id;
-	o.listen = "tcp://127.0.0.1:0";
-	o.seeds = seeds;
-	o.nseeds = seed != NULL ? 1 : 0;
-	o.secret = secret;
-	o.secret_len = sizeof(secret) - 1;
+	tr_cluster_opts o = tc_opts(name, id, seeds, secret, sizeof(secret) - 1);
 	o.heartbeat_us = HB_US;
 	o.suspect_after_us = SUSPECT_US;
 	o.down_after_us = DOWN_US;
-	int rc = tr_cluster_start(cn->n, 1, &o, &cn->c, err, sizeof(err));
-	if (rc != TR_OK) {
-		fprintf(stderr, "  tr_cluster_start(%s): %s: %s\n", name, tr_err_name(rc), err);
-		return -1;
-	}
-	snprintf(cn->url, sizeof(cn->url), "tcp://127.0.0.1:%d", tr_cluster_port(cn->c));
-	return 0;
+	return tc_start(&o, 2, 1, &cn->n, &cn->c, cn->url, sizeof(cn->url));
 }
 
 static void cn_stop(cnode *cn)
