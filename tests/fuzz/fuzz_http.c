@@ -58,7 +58,7 @@ static void setup(void)
 	tr_ref ref;
 
 	tr_diag_init(&d);
-	if (tr__config_load_mem("fuzz_http.lua", config, sizeof(config) - 1, &cfg, &d) != TR_OK ||
+	if (tr__config_load_mem("fuzz_http.lua", config, sizeof(config) - 1, NULL, &cfg, &d) != TR_OK ||
 	    tr_node_new(&o, &node) != TR_OK || tr_node_start(node) != TR_OK ||
 	    tr_node_spawn(node, &echo_ops, NULL, &so, &ref) != TR_OK ||
 	    tr__door_fuzz_new(node, &door) != TR_OK || tr_door_set_config(door, cfg, 1) != TR_OK) {

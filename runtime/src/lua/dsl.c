@@ -2799,10 +2799,12 @@ static int validate_k(lua_State *L)
 }
 
 /* tr_config_load; with srcs, file i's text is srcs[i][0..lens[i]) instead
- * of what is on disk. */
+ * of what is on disk; lim (NULL: the defaults) caps the state's memory
+ * and each file's instructions. */
 static int config_load(const char *const *files, const char *const *srcs, const size_t *lens,
-                       size_t nfiles, tr_config **out, tr_diag *diag)
+                       size_t nfiles, const tr_lua_limits *lim, tr_config **out, tr_diag *diag)
 {
+	uint64_t steps = lim != NULL && lim->instructions ? lim->instructions : TR__LUA_LOAD_STEPS;
 	size_t n0 = diag->n;
 	tr_config *c = NULL;
 	lua_State *L = NULL;
@@ -2828,7 +2830,7 @@ static int config_load(const char *const *files, const char *const *srcs, const 
 			goto nomem;
 		c->nfiles++;
 	}
-	rc = tr__lua_sandbox_new(NULL, 1, &L);
+	rc = tr__lua_sandbox_new(lim, 1, &L);
 	if (rc != TR_OK)
 		goto fail;
 	v.L = L;
@@ -2836,7 +2838,7 @@ static int config_load(const char *const *files, const char *const *srcs, const 
 	v.d = diag;
 	for (size_t i = 0; i < nfiles; i++) {
 		tr__lua_sb(L)->cur_file = (int)i;
-		tr__lua_budget(L, TR__LUA_LOAD_STEPS);
+		tr__lua_budget(L, steps);
 		rc = srcs != NULL ? tr__lua_run_buf(L, c->files[i], srcs[i], lens[i], err, sizeof(err))
 		                  : tr__lua_run_file(L, c->files[i], err, sizeof(err));
 		if (rc == TR_ENOMEM)
@@ -2876,11 +2878,11 @@ fail:
 
 int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag)
 {
-	return config_load(files, NULL, NULL, nfiles, out, diag);
+	return config_load(files, NULL, NULL, nfiles, NULL, out, diag);
 }
 
-int tr__config_load_mem(const char *name, const char *src, size_t len, tr_config **out,
-                        tr_diag *diag)
+int tr__config_load_mem(const char *name, const char *src, size_t len,
+                        const tr_lua_limits *lim, tr_config **out, tr_diag *diag)
 {
-	return config_load(&name, &src, &len, 1, out, diag);
+	return config_load(&name, &src, &len, 1, lim, out, diag);
 }

@@ -56,12 +56,14 @@ typedef struct tr_lua_limits {
 int tr_config_load(const char *const *files, size_t nfiles, tr_config **out, tr_diag *diag);
 /*
  * tr_config_load of one file whose text is src[0..len) instead of what is
- * on disk at `name` (the name in messages and in the config), with the
- * same limits: for checking text that is not a file (tests/fuzz). A
+ * on disk at `name` (the name in messages and in the config): for checking
+ * text that is not a file (tests/fuzz). `lim` may be NULL: the limits of
+ * tr_config_load; otherwise its instructions are each file's budget (the
+ * fuzzer lowers both, so that a runaway input ends sooner). A
  * tr_lua_state_new of the result would read `name` from disk.
  */
-int tr__config_load_mem(const char *name, const char *src, size_t len, tr_config **out,
-                        tr_diag *diag);
+int tr__config_load_mem(const char *name, const char *src, size_t len,
+                        const tr_lua_limits *lim, tr_config **out, tr_diag *diag);
 
 /*
  * A fresh sandboxed state with the config's files run again (the DSL
