@@ -87,7 +87,7 @@ void tr_buf_free(tr_buf *b)
 	tr_buf_init(b);
 }
 
-int tr__buf_reserve(tr_buf *b, size_t n)
+int tr__buf_grow(tr_buf *b, size_t n)
 {
 	size_t want, cap;
 	unsigned char *p;
@@ -105,17 +105,5 @@ int tr__buf_reserve(tr_buf *b, size_t n)
 		return TR_ENOMEM;
 	b->data = p;
 	b->cap = cap;
-	return TR_OK;
-}
-
-int tr__buf_append(tr_buf *b, const void *p, size_t n)
-{
-	int rc = tr__buf_reserve(b, n);
-
-	if (rc != TR_OK)
-		return rc;
-	if (n > 0)
-		memcpy(b->data + b->len, p, n);
-	b->len += n;
 	return TR_OK;
 }

@@ -750,6 +750,9 @@ static tr_body *traced_body(const run *r, tr_body *body, int is_err)
 	size_t len = body ? body->len : 1;
 
 	tr_buf_init(&b);
+	/* Its size, give or take the headers: one allocation, not a chain. */
+	if (tr__buf_reserve(&b, len + r->trace.len + 24) != TR_OK)
+		return NULL;
 	tr__mp_packer(&pk, &b);
 	if (is_err) {
 		size_t hdr;
@@ -876,14 +879,17 @@ static void cut_fibers(tr_ctx *ctx, engine *e, run *r, const fiber *parent)
 static run *run_new(engine *e)
 {
 	run *r = e->free_runs;
+	tr_buf trace;
+	tr_buf_init(&trace);
 	if (r != NULL) {
 		e->free_runs = r->next_free;
 		e->nfree_runs--;
+		trace = r->trace; /* a pooled run keeps its trace storage, empty */
 	} else if ((r = tr__malloc(sizeof(*r))) == NULL) {
 		return NULL;
 	}
 	memset(r, 0, offsetof(run, root_fiber));
-	tr_buf_init(&r->trace);
+	r->trace = trace;
 	return r;
 }
 
@@ -909,7 +915,12 @@ static void run_free(engine *e, run *r)
 		f = next;
 	}
 	tr_msg_free(r->req);
-	tr_buf_free(&r->trace);
+	/* A pooled run keeps up to 4 KiB of trace storage: the next run's
+	 * steps then append without growing it (3-4 reallocs a run before). */
+	if (e->nfree_runs < RUN_POOL_MAX && r->trace.cap <= 4096)
+		r->trace.len = 0;
+	else
+		tr_buf_free(&r->trace);
 	if (e->nfree_runs < RUN_POOL_MAX) {
 		r->next_free = e->free_runs;
 		e->free_runs = r;
@@ -924,6 +935,7 @@ static void pools_free(engine *e)
 	while (e->free_runs != NULL) {
 		run *r = e->free_runs;
 		e->free_runs = r->next_free;
+		tr_buf_free(&r->trace);
 		tr__free(r);
 	}
 	while (e->free_fibers != NULL) {
