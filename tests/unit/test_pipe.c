@@ -257,11 +257,31 @@ typedef struct spawn_def {
 	uint8_t overflow;
 } spawn_def;
 
+/* The node start() made last and stop() has not stopped: a test that
+ * fails returns at its first failed assertion, before its stop(); the
+ * next start() stops that node first, before it rewrites the statics
+ * (cfg, pspec, the client's probe_cfg) the node's threads still read, so
+ * that one failure stays one (under TSan it became a race report in
+ * every test after it). */
+static tr_node *live_node;
+
+static int stop(tr_node *n)
+{
+	if (n == live_node)
+		live_node = NULL;
+	return tn_stop(n);
+}
+
 /* Starts a node with the actors, an engine for pspec, and a client. */
 static tr_node *start(const spawn_def *defs, size_t n, tr_ref *client)
 {
 	static probe_cfg ccfg;
+	if (live_node != NULL) {
+		fprintf(stderr, "  (stopping the node a failed test left running)\n");
+		(void)stop(live_node);
+	}
 	tr_node *node = tn_start(2);
+	live_node = node;
 	tr_pipe_arg pa = {&cfg, &pspec, NULL, NULL, NULL, 0};
 	tr_spawn_opts so;
 	memset(&cfg, 0, sizeof(cfg));
@@ -387,7 +407,7 @@ TT_TEST(linear_steps)
 	TT_EQ(ps.ok, 100);
 	TT_EQ(ps.step_calls, 200);
 	TT_EQ(ps.inflight, 0);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(retries_then_success)
@@ -407,7 +427,7 @@ TT_TEST(retries_then_success)
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.retries, 2);
 	TT_EQ(ps.step_calls, 3);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(retries_exhausted_structured_error)
@@ -424,7 +444,7 @@ TT_TEST(retries_exhausted_structured_error)
 	TT_EQ(ok_answers(), 0);
 	TT_ASSERT(last_has("code", "error") && last_has("step", "f") && last_has("message", NULL));
 	TT_EQ(last_uint("attempts"), 3);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(retry_on_excludes_class)
@@ -440,7 +460,7 @@ TT_TEST(retry_on_excludes_class)
 	TT_OK(tn_send(n, c, KICK, 1));
 	TT_EQ(wait_answers(1), 1);
 	TT_EQ(last_uint("attempts"), 1);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(backoff_exponential_without_jitter)
@@ -461,7 +481,7 @@ TT_TEST(backoff_exponential_without_jitter)
 	TT_EQ(ok_answers(), 1);
 	TT_EQ(last_uint("f"), 3);
 	TT_LE(220, ms);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(full_jitter_spreads_retries)
@@ -493,7 +513,7 @@ TT_TEST(full_jitter_spreads_retries)
 	TT_EQ(ok_answers(), 20);
 	TT_LE(first_ms, 250);
 	TT_LE(all_ms, 3000); /* 300 ms + a loaded CI machine's slack */
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(no_retry_when_backoff_passes_deadline)
@@ -517,7 +537,7 @@ TT_TEST(no_retry_when_backoff_passes_deadline)
 	tr_pipe_stats ps;
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.retries, 0);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(first_byte_timeout_cuts_a_silent_step)
@@ -546,7 +566,7 @@ TT_TEST(first_byte_timeout_cuts_a_silent_step)
 	tr_pipe_stats ps;
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.timeouts, 2);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(timeout_clipped_by_deadline)
@@ -569,7 +589,7 @@ TT_TEST(timeout_clipped_by_deadline)
 	 * 100 ms (generous bound: a loaded CI machine). */
 	TT_EQ(last_uint("attempts"), 1);
 	TT_LE(ms, 1500);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(fallback_after_crashes)
@@ -592,7 +612,7 @@ TT_TEST(fallback_after_crashes)
 	tr_pipe_stats ps;
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.fallbacks, 1);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 /* output = { ... }: a run answers with those fields of its message only. */
@@ -612,7 +632,7 @@ TT_TEST(output_projection)
 	TT_EQ(ok_answers(), 1);
 	TT_ASSERT(last_has("text", "hi") && last_has("b", NULL));
 	TT_ASSERT(!last_has("a", NULL) && !last_has("absent", NULL));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(route_on_field)
@@ -648,7 +668,7 @@ TT_TEST(route_on_field)
 	TT_EQ(wait_answers(3), 3);
 	TT_ASSERT(last_has("rag", NULL) && last_has("safety", NULL));
 	TT_EQ(ok_answers(), 3);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 static void par_steps(tr_step *steps, tr_step_list *branches, tr_join join, uint32_t n)
@@ -681,7 +701,7 @@ TT_TEST(parallel_join_all_merges)
 	TT_EQ(ok_answers(), 20);
 	TT_ASSERT(last_has("a", NULL) && last_has("b", NULL) && last_has("c", NULL) &&
 	          last_has("e", NULL) && last_has("z", NULL) && last_has("text", "hi"));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(parallel_first_and_failures)
@@ -706,7 +726,7 @@ TT_TEST(parallel_first_and_failures)
 	TT_EQ(wait_answers(2), 2);
 	TT_EQ(ok_answers(), 1);
 	TT_ASSERT(last_has("code", "crashed"));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(tap_events_and_drops)
@@ -724,7 +744,7 @@ TT_TEST(tap_events_and_drops)
 	for (int i = 0; i < 100 && atomic_load(&tap_events) < 40; i++)
 		tn_sleep_ms(10);
 	TT_EQ(atomic_load(&tap_events), 40); /* start + end per step per run */
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 
 	/* tap_events = { "end" }: one event per step. */
 	reset();
@@ -742,7 +762,7 @@ TT_TEST(tap_events_and_drops)
 	TT_OK(tr_pipe_stats_get(n, "test", &ps0));
 	TT_EQ(ps0.tap_sent, 20);
 	TT_EQ(ps0.tap_dropped, 0);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 
 	/* A tiny tap that drops: runs are unaffected, drops are counted. */
 	reset();
@@ -758,7 +778,7 @@ TT_TEST(tap_events_and_drops)
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.tap_sent + ps.tap_dropped, 800);
 	TT_ASSERT(ps.tap_dropped > 0);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 
 	/* A dead tap: same. */
 	reset();
@@ -770,7 +790,7 @@ TT_TEST(tap_events_and_drops)
 	TT_EQ(ok_answers(), 5);
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.tap_dropped, 20);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(max_inflight_refuses_with_hint)
@@ -789,7 +809,7 @@ TT_TEST(max_inflight_refuses_with_hint)
 	tr_pipe_stats ps;
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.refused, 3);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 	/* The refusal body: overload with a retry hint. */
 	reset();
 	pspec.steps = list(steps, 1);
@@ -799,7 +819,7 @@ TT_TEST(max_inflight_refuses_with_hint)
 	TT_ASSERT(ev_wait_tag(1, TR_TAG_RUN, 1, 5000));
 	TT_ASSERT(last_has("code", "overload") && last_has("retry_after_ms", NULL));
 	TT_EQ(wait_answers(2), 2);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 /* A slow actor with a 4-slot mailbox and overflow=block, flooded with
@@ -828,7 +848,7 @@ TT_TEST(backpressure_block_every_run_answered)
 	TT_OK(tr_whereis(n, "s", &s));
 	TT_OK(tr_actor_stats_get(n, s, &as));
 	TT_LE(as.max_depth, 4 + 1);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(bad_input_and_non_runs)
@@ -850,7 +870,7 @@ TT_TEST(bad_input_and_non_runs)
 	TT_OK(tn_send(n, c, KICK, 1));
 	TT_EQ(wait_answers(2), 2);
 	TT_EQ(ok_answers(), 0);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 /* A chain of `routes` routes, each holding the next in its default list
@@ -884,7 +904,7 @@ TT_TEST(nesting_limit_matches_loader)
 	TT_EQ(wait_answers(1), 1);
 	TT_EQ(ok_answers(), 1);
 	TT_ASSERT(last_has("a", NULL));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 
 	reset();
 	route_chain(r, TR_STEP_NEST_MAX, &leaf);
@@ -893,7 +913,7 @@ TT_TEST(nesting_limit_matches_loader)
 	TT_EQ(wait_answers(1), 1);
 	TT_EQ(ok_answers(), 0);
 	TT_ASSERT(last_has("code", "invalid"));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(cache_hits_and_ttl)
@@ -926,7 +946,7 @@ TT_TEST(cache_hits_and_ttl)
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.step_calls, 2);
 	TT_EQ(ok_answers(), 13);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_TEST(coalesce_identical_calls)
@@ -947,7 +967,7 @@ TT_TEST(coalesce_identical_calls)
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.step_calls, 1);
 	TT_EQ(ps.coalesced, 19);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 
 	/* A failing leader fails its waiters with the same error, once. */
 	reset();
@@ -961,7 +981,7 @@ TT_TEST(coalesce_identical_calls)
 	TT_EQ(ok_answers(), 0);
 	TT_ASSERT(last_has("code", "crashed"));
 	TT_EQ(atomic_load(&crashes), 1);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 /* A placed actor's local instances: each attempt goes to the one with the
@@ -992,7 +1012,7 @@ TT_TEST(placed_least_in_flight)
 	TT_LE(1, received(n, "p#1")); /* ties are spread */
 	TT_LE(1, received(n, "p#2"));
 	TT_LE(1, received(n, "p#3"));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 /* TR_ENODEDOWN is the class "node_down", retried like "crashed", and the
@@ -1016,7 +1036,7 @@ TT_TEST(placed_node_down_retries_elsewhere)
 	tr_pipe_stats ps;
 	TT_OK(tr_pipe_stats_get(n, "test", &ps));
 	TT_EQ(ps.retries, received(n, "q#0"));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 
 	/* Without another instance: the answer's code says node_down. */
 	reset();
@@ -1029,7 +1049,7 @@ TT_TEST(placed_node_down_retries_elsewhere)
 	TT_OK(tn_send(n, c, KICK, 1));
 	TT_EQ(wait_answers(1), 1);
 	TT_ASSERT(last_has("code", "node_down") && last_has("step", "q"));
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 /* A placed actor this node does not run, and no cluster: no candidate
@@ -1052,7 +1072,7 @@ TT_TEST(placed_without_instance_fails_clearly)
 	TT_ASSERT(last_has("message", "step 'g' failed after 1 attempt: no instance of 'g' is "
 	                              "running (placed on label 'gpu')"));
 	TT_EQ(received(n, "g"), 0);
-	TT_EQ(tn_stop(n), 0);
+	TT_EQ(stop(n), 0);
 }
 
 TT_LIST = {
