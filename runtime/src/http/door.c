@@ -204,8 +204,7 @@ typedef struct wreq {
 	uv_write_t req;
 	conn *c;
 	tr_buf buf;  /* owned: freed when the write is done */
-	size_t hlen; /* head[0..hlen) goes out before buf, in the same writev */
-	char head[];
+	char head[]; /* what is left of the answer's head: out before buf */
 } wreq;
 
 static void conn_close(conn *c);
@@ -331,7 +330,6 @@ static void conn_write_head(conn *c, const char *head, size_t hlen, tr_buf *buf)
 	}
 	w->c = c;
 	w->buf = *buf;
-	w->hlen = hrest;
 	tr_buf_init(buf);
 	nb = 0;
 	if (hrest > 0) {
@@ -393,7 +391,6 @@ static void finish(conn *c, const char *head, size_t hlen, tr_buf *out, int stat
 	resume(c);
 }
 
-/* Writes a whole response and moves the connection on (idle or closed). */
 /* Appends s[0..n) to h (room: HEAD_MAX, at is kept below it). */
 #define HEAD_MAX 512
 static size_t hcat(char *h, size_t at, const char *s, size_t n)
@@ -414,6 +411,7 @@ static size_t hcat_u64(char *h, size_t at, uint64_t v)
 	return hcat(h, at, d + k, sizeof(d) - k);
 }
 
+/* Writes a whole response and moves the connection on (idle or closed). */
 static void send_resp(conn *c, door_resp *r)
 {
 	/* The head by hand (printf was 1.5 % of a small answer): at most
