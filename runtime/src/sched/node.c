@@ -107,6 +107,20 @@ static int grow(tr_node *n)
 	return TR_OK;
 }
 
+/* Raises n->slots_hw to cover a. Relaxed: the value only bounds a scan;
+ * a walker that must see this actor learnt of it through a message or a
+ * join, whose release/acquire pair orders this store before its load, and
+ * the slot's own contents are ordered by its spin lock. */
+static tr_actor *note_slot(tr_node *n, tr_actor *a)
+{
+	uint32_t want = a->idx + 1, cur = atomic_load_explicit(&n->slots_hw, memory_order_relaxed);
+	while (cur < want && !atomic_compare_exchange_weak_explicit(&n->slots_hw, &cur, want,
+	                                                          memory_order_relaxed,
+	                                                          memory_order_relaxed))
+		;
+	return a;
+}
+
 tr_actor *tr__actor_alloc(tr_node *n, tr__worker *w)
 {
 	tr_actor *a;
@@ -114,7 +128,7 @@ tr_actor *tr__actor_alloc(tr_node *n, tr__worker *w)
 		a = w->free_actors;
 		w->free_actors = a->rq_next;
 		w->free_len--;
-		return a;
+		return note_slot(n, a);
 	}
 	uv_mutex_lock(&n->chunk_mu);
 	if (n->gfree == NULL && grow(n) != TR_OK) {
@@ -135,7 +149,7 @@ tr_actor *tr__actor_alloc(tr_node *n, tr__worker *w)
 		w->free_len++;
 	}
 	uv_mutex_unlock(&n->chunk_mu);
-	return a;
+	return note_slot(n, a);
 }
 
 void tr__actor_release(tr_node *n, tr__worker *w, tr_actor *a)
@@ -380,19 +394,19 @@ int tr_actor_stats_get(tr_node *n, tr_ref ref, tr_actor_stats *out)
 
 int tr_node_foreach(tr_node *n, tr_walk_fn fn, void *ud)
 {
-	unsigned nc = atomic_load_explicit(&n->nchunks, memory_order_acquire);
-	for (unsigned c = 0; c < nc; c++) {
-		for (unsigned i = 0; i < TR_CHUNK_SIZE; i++) {
-			tr_actor *a = tr__actor_at(n, (c << TR_CHUNK_SHIFT) | i);
-			tr_actor_stats st;
-			tr__spin_lock(&a->lock);
-			int live = a->life == ACTOR_ALIVE;
-			if (live)
-				snapshot(n, a, &st);
-			tr__spin_unlock(&a->lock);
-			if (live && fn(ud, 0, &st, a->ops == &tr_sup_ops) != 0)
-				return 1;
-		}
+	uint32_t hw = atomic_load_explicit(&n->slots_hw, memory_order_relaxed);
+	for (uint32_t idx = 1; idx < hw; idx++) { /* slot 0 is never used */
+		tr_actor *a = tr__actor_at(n, idx);
+		tr_actor_stats st;
+		if (a == NULL)
+			break;
+		tr__spin_lock(&a->lock);
+		int live = a->life == ACTOR_ALIVE;
+		if (live)
+			snapshot(n, a, &st);
+		tr__spin_unlock(&a->lock);
+		if (live && fn(ud, 0, &st, a->ops == &tr_sup_ops) != 0)
+			return 1;
 	}
 	return 0;
 }

@@ -303,6 +303,10 @@ struct tr_node {
 	/* Actor chunks: published with release, read with acquire. */
 	_Atomic(tr_actor *) chunks[TR_MAX_CHUNKS];
 	atomic_uint nchunks;
+	/* One past the highest slot index ever handed out (tr__actor_alloc):
+	 * tr_node_foreach scans up to it, not every slot of every chunk (a
+	 * node of 20 actors scanned 1 024 slots, each locked, per /metrics). */
+	_Atomic uint32_t slots_hw;
 	uv_mutex_t chunk_mu;   /* grows chunks, guards the global freelist */
 	tr_actor *gfree;       /* global freelist of actor structs */
 	unsigned gfree_len;
