@@ -4,6 +4,7 @@
 #include "core/alloc.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,25 @@ void *tr__malloc(size_t n)
 void *tr__calloc(size_t count, size_t n)
 {
 	return should_fail() ? NULL : calloc(count, n);
+}
+
+void *tr__calloc_aligned(size_t count, size_t n, size_t align)
+{
+	size_t total;
+	void *p;
+	if (align < sizeof(void *))
+		align = sizeof(void *);
+	if (count != 0 && n > SIZE_MAX / count)
+		return NULL;
+	total = count * n;
+	if (total > SIZE_MAX - align)
+		return NULL;
+	/* aligned_alloc wants a multiple of the alignment */
+	total = total == 0 ? align : (total + align - 1) / align * align;
+	if (should_fail() || (p = aligned_alloc(align, total)) == NULL)
+		return NULL;
+	memset(p, 0, total);
+	return p;
 }
 
 void *tr__realloc(void *p, size_t n)

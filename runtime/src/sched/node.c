@@ -189,14 +189,14 @@ int tr_node_new(const tr_node_opts *opts, tr_node **out)
 	}
 	if (o.threads > TR_MAX_WORKERS)
 		return TR_EINVAL;
-	tr_node *n = tr__calloc(1, sizeof(*n));
+	tr_node *n = tr__calloc_aligned(1, sizeof(*n), _Alignof(tr_node));
 	if (n == NULL)
 		return TR_ENOMEM;
 	n->id = o.node_id ? o.node_id : 1;
 	n->nworkers = o.threads;
 	n->migrate = o.migrate == 2 ? 0 : 1;
 	n->spin_us = o.spin_us;
-	n->workers = tr__calloc(o.threads, sizeof(tr__worker));
+	n->workers = tr__calloc_aligned(o.threads, sizeof(tr__worker), _Alignof(tr__worker));
 	if (n->workers == NULL) {
 		tr__free(n);
 		return TR_ENOMEM;
