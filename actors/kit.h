@@ -37,7 +37,7 @@
 
 /*
  * Before regcomp: glibc compiles a counted or stacked repetition by
- * copying the repeated tree (x{3} is xxx, x+ is xx*), so a short pattern
+ * copying the repeated tree (x{3} is three copies of x, x+ is xx*), so a short pattern
  * like "(a{200}){200}" or "a+++++..." (each '+' doubles what came before)
  * takes gigabytes and minutes to compile: a config must not be able to do
  * that to the node (found by fuzz_lua_check: an intent rule with sixty
