@@ -37,10 +37,10 @@
 
 /*
  * Before regcomp: glibc compiles a counted or stacked repetition by
- * copying the repeated tree (x{3} is three copies of x, x+ is xx*), so a short pattern
- * like "(a{200}){200}" or "a+++++..." (each '+' doubles what came before)
- * takes gigabytes and minutes to compile: a config must not be able to do
- * that to the node (found by fuzz_lua_check: an intent rule with sixty
+ * copying the repeated tree (x{3} is three copies of x, x+ is xx*), so
+ * a short pattern like "(a{200}){200}" or "a+++++..." (each '+' doubles
+ * what came before) takes gigabytes and minutes to compile: a config
+ * must not be able to do that to the node (found by fuzz_lua_check: an intent rule with sixty
  * '+' in a row ran the loader out of 2 GiB). This estimates the compiled
  * size of an ERE from its structure and refuses, with a message in why:
  * longer than TR_KRE_MAX_LEN, a quantifier right after another one, a
