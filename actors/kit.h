@@ -40,9 +40,10 @@
  * copying the repeated tree (x{3} is three copies of x, x+ is xx*), so
  * a short pattern like "(a{200}){200}" or "a+++++..." (each '+' doubles
  * what came before) takes gigabytes and minutes to compile: a config
- * must not be able to do that to the node (found by fuzz_lua_check: an intent rule with sixty
- * '+' in a row ran the loader out of 2 GiB). This estimates the compiled
- * size of an ERE from its structure and refuses, with a message in why:
+ * must not be able to do that to the node (found by fuzz_lua_check: an
+ * intent rule with sixty '+' in a row ran the loader out of 2 GiB). This
+ * estimates the compiled size of an ERE from its structure and refuses,
+ * with a message in why:
  * longer than TR_KRE_MAX_LEN, a quantifier right after another one, a
  * count above TR_KRE_MAX_COUNT, groups nested deeper than 32, or an
  * estimated size past TR_KRE_MAX_COST. TR_OK or TR_EINVAL. A pattern that
