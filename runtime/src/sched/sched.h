@@ -264,6 +264,7 @@ struct tr__worker {
 	tr__timer *timer_pool;  /* recycled timers */
 	unsigned tb_free_len, timer_pool_len;
 	uint64_t turns;
+	uint64_t polled_cyc;    /* tr__cycles() when libuv last polled (worker.c) */
 	bool stopping_seen;
 
 	/* --- shared: the inbox, guarded by in_lock --- */

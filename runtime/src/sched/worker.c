@@ -8,7 +8,13 @@
  * that computes, replying to one that asks again -- would otherwise keep
  * a client's bytes, its disconnect or a due timer waiting for the whole
  * chain); with none it sleeps in epoll until its inbox, a timer or an
- * I/O handle wakes it.
+ * I/O handle wakes it. The sleep is skipped when other workers have
+ * already posted work, but not the poll: a worker that is always handed
+ * its next turn before it sleeps (two runs whose long steps alternate
+ * with another worker's short ones) would otherwise never poll, and a
+ * new connection on its listener waited for the whole chain. So libuv
+ * polls at least once every POLL_BUDGET_US whatever the queues hold
+ * (polled_cyc).
  *
  * Waking. Another thread that makes an actor runnable here appends it to
  * the inbox under in_lock. It calls uv_async_send only when the inbox went
@@ -237,6 +243,21 @@ static void walk_close(uv_handle_t *h, void *arg)
 		uv_close(h, NULL);
 }
 
+/* One libuv pass without blocking (timers, I/O, closes). */
+static void poll_nowait(tr__worker *w)
+{
+	uv_run(&w->loop, UV_RUN_NOWAIT);
+	w->polled_cyc = tr__cycles();
+}
+
+/* Work was posted before we slept: no sleep, but a poll if the last one
+ * is older than the budget (see the top of the file). */
+static void skip_sleep(tr__worker *w)
+{
+	if (tr__cycles() - w->polled_cyc > w->node->poll_cyc)
+		poll_nowait(w);
+}
+
 /* Sleeps in libuv until something happens, unless the inbox has work. */
 static void sleep_then_run(tr__worker *w)
 {
@@ -247,18 +268,25 @@ static void sleep_then_run(tr__worker *w)
 		do {
 			for (int i = 0; i < 64; i++)
 				tr__cpu_relax();
-			if (inbox_nonempty(w))
+			if (inbox_nonempty(w)) {
+				skip_sleep(w);
 				return;
+			}
 		} while (tr_now_ns() < until);
 	}
 	if (n->migrate)
 		atomic_fetch_or_explicit(&n->idle_mask, bit, memory_order_relaxed);
 	atomic_store_explicit(sleep_flag(w), true, memory_order_seq_cst); /* Dekker, see post() */
-	if (!inbox_nonempty(w))
+	int slept = !inbox_nonempty(w);
+	if (slept) {
 		uv_run(&w->loop, UV_RUN_ONCE);
+		w->polled_cyc = tr__cycles();
+	}
 	atomic_store_explicit(sleep_flag(w), false, memory_order_relaxed);
 	if (n->migrate)
 		atomic_fetch_and_explicit(&n->idle_mask, ~bit, memory_order_relaxed);
+	if (!slept)
+		skip_sleep(w);
 }
 
 void tr__worker_main(void *arg)
@@ -300,7 +328,7 @@ void tr__worker_main(void *arg)
 		    atomic_load(&n->alive) == 0 && w->ntimers == 0 && !inbox_nonempty(w))
 			break;
 		if (w->rq_head != NULL)
-			uv_run(&w->loop, UV_RUN_NOWAIT);
+			poll_nowait(w);
 		else
 			sleep_then_run(w);
 	}
