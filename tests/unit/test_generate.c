@@ -1273,7 +1273,119 @@ TT_TEST(extract_survives_out_of_memory)
 	TT_ASSERT(fails > 0 && oks > 0);
 }
 
+/* tr_gen_clean copies printable ASCII a run at a time: it must write
+ * exactly what the character-by-character definition does, cut by `max`
+ * at the same place. A reference of that definition, against random
+ * mixes of ASCII, white space, controls, C1 codes, valid and invalid
+ * UTF-8, with every kind of `max`. */
+static size_t ref_seq(const unsigned char *u, size_t n)
+{
+	unsigned c = u[0];
+	size_t k;
+	uint32_t cp;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		k = 2, cp = c & 0x1f;
+	else if (c >= 0xe0 && c <= 0xef)
+		k = 3, cp = c & 0x0f;
+	else if (c >= 0xf0 && c <= 0xf4)
+		k = 4, cp = c & 0x07;
+	else
+		return 0;
+	if (k > n)
+		return 0;
+	for (size_t i = 1; i < k; i++) {
+		if ((u[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (u[i] & 0x3f);
+	}
+	if ((k == 3 && cp < 0x800) || (k == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return k;
+}
+
+static size_t ref_clean(unsigned char *o, const unsigned char *u, size_t n, size_t max, int *more)
+{
+	static const unsigned char fffd[3] = {0xef, 0xbf, 0xbd};
+	size_t w = 0, i = 0;
+	int space = 0;
+	*more = 0;
+	while (i < n) {
+		const unsigned char *p = u + i;
+		size_t k = ref_seq(p, n - i), emit;
+		if (k == 1 && (p[0] <= 0x20 || p[0] == 0x7f)) {
+			space = w > 0;
+			i++;
+			continue;
+		}
+		if (k == 2 && p[0] == 0xc2 && p[1] < 0xa0) {
+			space = w > 0;
+			i += 2;
+			continue;
+		}
+		if (k == 0)
+			p = fffd, emit = 3, k = 1;
+		else
+			emit = k;
+		if (w + (size_t)space + emit > max) {
+			*more = 1;
+			break;
+		}
+		if (space)
+			o[w] = ' ';
+		memcpy(o + w + (size_t)space, p, emit);
+		w += (size_t)space + emit;
+		space = 0;
+		i += k;
+	}
+	return w;
+}
+
+TT_TEST(clean_matches_its_definition)
+{
+	static const char *const parts[] = {
+		"word", "Retries", "x", "a.b", "  ", " ", "\t", "\n\n", "\x7f", "\x01", "\xc2\x85",
+		"\xc2\xa0", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xff", "\x80", "\xe2\x82",
+		"\xed\xa0\x80", "~", "!", "\"q\"",
+	};
+	uint64_t rng = 0x2545f4914f6cdd1dull;
+	unsigned char in[256], want[1024];
+	tr_buf got;
+	tr_buf_init(&got);
+	for (int round = 0; round < 20000; round++) {
+		size_t n = 0;
+		rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+		int pieces = (int)(rng % 12);
+		for (int k = 0; k < pieces; k++) {
+			rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+			const char *pc = parts[rng % (sizeof(parts) / sizeof(parts[0]))];
+			size_t pl = strlen(pc);
+			if (n + pl > sizeof(in))
+				break;
+			memcpy(in + n, pc, pl);
+			n += pl;
+		}
+		rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+		size_t max = round % 7 == 0 ? SIZE_MAX : (size_t)(rng % (3 * n + 2));
+		int wm = 0, gm = 0, cm = 0;
+		size_t wn = ref_clean(want, in, n, max, &wm);
+		got.len = 0;
+		size_t gn = tr_gen_clean(&got, (const char *)in, n, max, &gm);
+		size_t cn = tr_gen_clean(NULL, (const char *)in, n, max, &cm);
+		if (gn != wn || got.len != wn || memcmp(got.data, want, wn) != 0 || gm != wm ||
+		    cn != wn || cm != wm) {
+			fprintf(stderr, "  round %d: n %zu max %zu: want %zu/%d, got %zu/%d, count %zu/%d\n",
+			        round, n, max, wn, wm, gn, gm, cn, cm);
+			TT_ASSERT(0);
+		}
+	}
+	tr_buf_free(&got);
+}
+
 TT_LIST = {
+	TT_ENTRY(clean_matches_its_definition),
 	TT_ENTRY(cites_the_right_source),
 	TT_ENTRY(several_sources_in_reading_order),
 	TT_ENTRY(no_passages_honest_fallback),

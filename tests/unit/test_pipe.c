@@ -1075,7 +1075,69 @@ TT_TEST(placed_without_instance_fails_clearly)
 	TT_EQ(stop(n), 0);
 }
 
+/* tr__mp_map_merge: b's entries replace a's of the same key, the rest of
+ * a kept in order, b's after it; every size of a and b, through the
+ * one-pass path (at most 15 entries in all) and the two-pass one, with b
+ * small (its keys indexed) and large (past 16 keys). */
+static void pack_keys(tr_buf *b, unsigned n, unsigned first, unsigned step, unsigned base)
+{
+	msgpack_packer pk;
+	char k[16];
+	tr__mp_packer(&pk, b);
+	msgpack_pack_map(&pk, n);
+	for (unsigned i = 0; i < n; i++) {
+		snprintf(k, sizeof(k), "k%u", first + i * step);
+		tr__mp_pack_cstr(&pk, k);
+		msgpack_pack_uint32(&pk, base + first + i * step);
+	}
+}
+
+TT_TEST(map_merge_every_size)
+{
+	for (unsigned an = 0; an <= 20; an++) {
+		for (unsigned bn = 0; bn <= 20; bn++) {
+			tr_buf a, b, out;
+			tr_buf_init(&a);
+			tr_buf_init(&b);
+			tr_buf_init(&out);
+			pack_keys(&a, an, 0, 1, 0);        /* k0..k(an-1) = i */
+			pack_keys(&b, bn, 1, 2, 1000);     /* k1, k3, ... = 1000 + i */
+			TT_OK(tr__mp_map_merge(a.data, a.len, b.data, b.len, &out));
+			/* Expected: a's even keys (and odd ones past b's), then b's. */
+			unsigned want = bn;
+			for (unsigned i = 0; i < an; i++)
+				want += !(i % 2 == 1 && i < 2 * bn);
+			msgpack_unpacked u;
+			msgpack_unpacked_init(&u);
+			size_t off = 0;
+			TT_EQ(msgpack_unpack_next(&u, (const char *)out.data, out.len, &off),
+			      MSGPACK_UNPACK_SUCCESS);
+			TT_EQ(off, out.len);
+			TT_EQ(u.data.type, MSGPACK_OBJECT_MAP);
+			TT_EQ(u.data.via.map.size, want);
+			unsigned j = 0;
+			for (unsigned i = 0; i < an; i++) {
+				if (i % 2 == 1 && i < 2 * bn)
+					continue;
+				char k[16];
+				snprintf(k, sizeof(k), "k%u", i);
+				const msgpack_object_kv *kv = &u.data.via.map.ptr[j++];
+				TT_EQ(kv->key.via.str.size, strlen(k));
+				TT_ASSERT(memcmp(kv->key.via.str.ptr, k, strlen(k)) == 0);
+				TT_EQ(kv->val.via.u64, i);
+			}
+			for (unsigned i = 0; i < bn; i++)
+				TT_EQ(u.data.via.map.ptr[j++].val.via.u64, 1000 + 1 + 2 * i);
+			msgpack_unpacked_destroy(&u);
+			tr_buf_free(&a);
+			tr_buf_free(&b);
+			tr_buf_free(&out);
+		}
+	}
+}
+
 TT_LIST = {
+	TT_ENTRY(map_merge_every_size),
 	TT_ENTRY(linear_steps),
 	TT_ENTRY(retries_then_success),
 	TT_ENTRY(retries_exhausted_structured_error),

@@ -119,6 +119,13 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 	return k;
 }
 
+/* Whether c goes into a JSON string as it is: printable ASCII but for
+ * the quote and the backslash. */
+static inline int plain(unsigned char c)
+{
+	return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
 int tr__json_str(const char *str, size_t n, tr_buf *out)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -129,6 +136,11 @@ int tr__json_str(const char *str, size_t n, tr_buf *out)
 		return rc;
 	rc |= tr__buf_append(out, "\"", 1);
 	while (i < n) {
+		/* Most text is printable ASCII: skip it in a tight loop. */
+		while (i < n && plain(s[i]))
+			i++, run++;
+		if (i == n)
+			break;
 		unsigned char c = s[i];
 		const char *esc = NULL;
 		char u[6];

@@ -266,6 +266,7 @@ typedef struct engine {
 	stats_slot *stats;
 	const char *suffix;     /* generation suffix of actor names, "" if none */
 	uint64_t avg_run_us;    /* EWMA of run durations, for retry_after_ms */
+	tr_buf tapbuf;          /* tap events are packed here, then copied to their body */
 } engine;
 
 #define STAT_ADD(e, k, d) atomic_fetch_add_explicit(&(e)->stats->v[k], (d), memory_order_relaxed)
@@ -491,7 +492,6 @@ static uint32_t tap_bit(const char *event)
 static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int cls)
 {
 	tr_ref to;
-	tr_buf b;
 	msgpack_packer pk;
 	tr_body *body;
 	char trace[33];
@@ -511,22 +511,26 @@ static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int c
 	}
 	trace[32] = '\0';
 	uint64_t now = tr_now_ns();
-	tr_buf_init(&b);
-	tr__mp_packer(&pk, &b);
+	/* One event per step of every run: packed into the engine's buffer
+	 * (kept between events, at most a few hundred bytes), keys by their
+	 * known lengths. */
+	tr_buf *b = &e->tapbuf;
+	b->len = 0;
+	tr__mp_packer(&pk, b);
+#define KEY(k) (msgpack_pack_str(&pk, sizeof(k) - 1) || msgpack_pack_str_body(&pk, k, sizeof(k) - 1))
 	int bad = msgpack_pack_map(&pk, cls ? 8 : 7) ||
-	          tr__mp_pack_cstr(&pk, "event") || tr__mp_pack_cstr(&pk, event) ||
-	          tr__mp_pack_cstr(&pk, "pipeline") || tr__mp_pack_cstr(&pk, e->spec->name) ||
-	          tr__mp_pack_cstr(&pk, "step") ||
-	          tr__mp_pack_cstr(&pk, f->target ? f->target : "") ||
-	          tr__mp_pack_cstr(&pk, "attempt") || msgpack_pack_uint32(&pk, f->attempts) ||
-	          tr__mp_pack_cstr(&pk, "step_us") ||
-	          msgpack_pack_uint64(&pk, (now - f->step_t0) / 1000u) ||
-	          tr__mp_pack_cstr(&pk, "run_us") ||
-	          msgpack_pack_uint64(&pk, (now - r->t0) / 1000u) ||
-	          tr__mp_pack_cstr(&pk, "trace") || tr__mp_pack_cstr(&pk, trace) ||
-	          (cls && (tr__mp_pack_cstr(&pk, "error") || tr__mp_pack_cstr(&pk, cls_name(cls))));
-	body = bad ? NULL : tr_body_new(b.data, b.len);
-	tr_buf_free(&b);
+	          KEY("event") || tr__mp_pack_cstr(&pk, event) ||
+	          KEY("pipeline") || tr__mp_pack_cstr(&pk, e->spec->name) ||
+	          KEY("step") || tr__mp_pack_cstr(&pk, f->target ? f->target : "") ||
+	          KEY("attempt") || msgpack_pack_uint32(&pk, f->attempts) ||
+	          KEY("step_us") || msgpack_pack_uint64(&pk, (now - f->step_t0) / 1000u) ||
+	          KEY("run_us") || msgpack_pack_uint64(&pk, (now - r->t0) / 1000u) ||
+	          KEY("trace") || msgpack_pack_str(&pk, 32) || msgpack_pack_str_body(&pk, trace, 32) ||
+	          (cls && (KEY("error") || tr__mp_pack_cstr(&pk, cls_name(cls))));
+#undef KEY
+	body = bad ? NULL : tr_body_new(b->data, b->len);
+	if (b->cap > 4096)
+		tr_buf_free(b); /* a huge name once: not kept */
 	if (body == NULL) {
 		STAT_ADD(e, S_TAP_DROPPED, 1);
 		return;
@@ -2643,6 +2647,7 @@ static void engine_terminate(tr_ctx *ctx, void *st, int reason)
 	targets_free(e);
 	pools_free(e);
 	tr_lua_state_free(e->L);
+	tr_buf_free(&e->tapbuf);
 	if (e->stats != NULL) {
 		uv_mutex_lock(&slots_mu);
 		for (stats_slot **pp = &slots; *pp != NULL; pp = &(*pp)->next) {

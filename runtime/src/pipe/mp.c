@@ -241,6 +241,43 @@ static int has_key(const unsigned char *b, size_t bhdr, uint32_t bn, const unsig
 	return 0;
 }
 
+/* b's keys, sized once: b is a step's few new fields, looked up for
+ * every entry of a (the whole message). */
+#define MERGE_KEYS 16
+typedef struct bkeys {
+	const unsigned char *b;
+	size_t bhdr;
+	uint32_t bn;
+	int indexed; /* bn <= MERGE_KEYS: k/n hold them */
+	const unsigned char *k[MERGE_KEYS];
+	size_t n[MERGE_KEYS];
+} bkeys;
+
+static void bkeys_init(bkeys *x, const unsigned char *b, size_t bhdr, uint32_t bn)
+{
+	x->b = b, x->bhdr = bhdr, x->bn = bn;
+	x->indexed = bn <= MERGE_KEYS;
+	if (!x->indexed)
+		return;
+	size_t pos = bhdr;
+	for (uint32_t i = 0; i < bn; i++) {
+		x->k[i] = b + pos;
+		x->n[i] = tr__mp_size(b + pos);
+		pos += x->n[i];
+		pos += tr__mp_size(b + pos);
+	}
+}
+
+static int bkeys_has(const bkeys *x, const unsigned char *k, size_t kn)
+{
+	if (!x->indexed)
+		return has_key(x->b, x->bhdr, x->bn, k, kn);
+	for (uint32_t i = 0; i < x->bn; i++)
+		if (x->n[i] == kn && memcmp(x->k[i], k, kn) == 0)
+			return 1;
+	return 0;
+}
+
 int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
                      size_t blen, tr_buf *out)
 {
@@ -248,15 +285,37 @@ int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b
 	size_t ahdr, bhdr, pos;
 	msgpack_packer pk;
 	size_t start = out->len;
+	bkeys bk;
 
 	if (map_head(a, alen, &an, &ahdr) != 0 || map_head(b, blen, &bn, &bhdr) != 0)
 		return TR_EINVAL;
+	bkeys_init(&bk, b, bhdr, bn);
+	if ((uint64_t)an + bn <= 15) {
+		/* The result is a fixmap whatever b overrides: one pass over a
+		 * (whose values, the passages among them, are the long part),
+		 * the header byte written last. */
+		if (tr__buf_reserve(out, 1 + alen + blen) != TR_OK)
+			return TR_ENOMEM;
+		out->len++;
+		pos = ahdr;
+		for (uint32_t i = 0; i < an; i++) {
+			size_t ks = tr__mp_size(a + pos), vs = tr__mp_size(a + pos + ks);
+			if (!bkeys_has(&bk, a + pos, ks)) {
+				(void)tr__buf_append(out, a + pos, ks + vs); /* reserved */
+				keep++;
+			}
+			pos += ks + vs;
+		}
+		(void)tr__buf_append(out, b + bhdr, blen - bhdr);
+		out->data[start] = (unsigned char)(0x80u | (keep + bn));
+		return TR_OK;
+	}
 	/* Two passes over a: count the entries b does not override, then
 	 * copy them. O(|a|*|b|) key compares: bodies have a few dozen keys. */
 	pos = ahdr;
 	for (uint32_t i = 0; i < an; i++) {
 		size_t ks = tr__mp_size(a + pos);
-		keep += !has_key(b, bhdr, bn, a + pos, ks);
+		keep += !bkeys_has(&bk, a + pos, ks);
 		pos += ks;
 		pos += tr__mp_size(a + pos);
 	}
@@ -266,7 +325,7 @@ int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b
 	pos = ahdr;
 	for (uint32_t i = 0; i < an; i++) {
 		size_t ks = tr__mp_size(a + pos), vs = tr__mp_size(a + pos + ks);
-		if (!has_key(b, bhdr, bn, a + pos, ks) &&
+		if (!bkeys_has(&bk, a + pos, ks) &&
 		    tr__buf_append(out, a + pos, ks + vs) != TR_OK)
 			goto nomem;
 		pos += ks + vs;
