@@ -164,41 +164,33 @@ size_t tr_gen_clean(tr_buf *out, const char *s, size_t n, size_t max, int *more)
 		o = out->data + out->len;
 	}
 	while (i < n) {
-		/* Printable ASCII, most of any text: a run at a time (it was a
-		 * seq_len and a memcpy per byte, 5 % of the assistant). Each
-		 * byte is one character: the run is cut where it stops fitting,
-		 * as the per-character path below would. */
-		size_t j = i;
-		while (j < n && u[j] > 0x20 && u[j] < 0x7f)
-			j++;
-		if (j > i) {
-			size_t run = j - i, fit = run;
-			if (w + (size_t)space + run > max) {
-				fit = max > w + (size_t)space ? max - w - (size_t)space : 0;
+		/* ASCII, most of any text, inline: a printable byte is one
+		 * character, the rest white space or controls (a seq_len and a
+		 * memcpy per byte were 5 % of the assistant). */
+		unsigned char c = u[i];
+		if (c < 0x80) {
+			if (c <= 0x20 || c == 0x7f) {
+				space = w > 0; /* white space and controls: one space, inside only */
+				i++;
+				continue;
+			}
+			if (w + (size_t)space + 1 > max) {
 				if (more)
 					*more = 1;
-				if (fit == 0)
-					break;
+				break;
 			}
 			if (o != NULL) {
 				if (space)
 					o[w] = ' ';
-				memcpy(o + w + (size_t)space, u + i, fit);
+				o[w + (size_t)space] = c;
 			}
-			w += (size_t)space + fit;
+			w += (size_t)space + 1;
 			space = 0;
-			i += fit;
-			if (fit < run)
-				break;
+			i++;
 			continue;
 		}
 		const unsigned char *p = u + i;
 		size_t k = seq_len(p, n - i), emit;
-		if (k == 1 && (p[0] <= 0x20 || p[0] == 0x7f)) {
-			space = w > 0; /* white space and controls: one space, inside only */
-			i++;
-			continue;
-		}
 		if (k == 2 && p[0] == 0xc2 && p[1] < 0xa0) {
 			space = w > 0; /* C1 controls (U+0080..U+009F) and NEL */
 			i += 2;

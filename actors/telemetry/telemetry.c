@@ -726,17 +726,55 @@ static const char *field_str(const unsigned char *p, size_t n, const char *k, si
 	return s;
 }
 
-static uint64_t field_uint(const unsigned char *p, size_t n, const char *k)
+/* The fields record() reads from a tap event, found in one pass over its
+ * (checked) map: on every event, four lookups walked it four times. The
+ * first of duplicate keys counts, as with tr__mp_map_get. */
+typedef struct tel_fields {
+	const char *ev, *pl, *sp;
+	size_t en, pn, sn;
+	uint64_t step_us;
+} tel_fields;
+
+static void read_fields(const unsigned char *p, size_t n, tel_fields *f)
 {
-	const unsigned char *v;
-	size_t vn;
-	if (tr__mp_map_get(p, n, k, &v, &vn) != TR_OK)
-		return 0;
-	if (v[0] <= 0x7f)
-		return v[0];
-	if (v[0] >= 0xcc && v[0] <= 0xcf)
-		return be(v + 1, 1u << (v[0] - 0xcc));
-	return 0;
+	uint32_t cnt;
+	size_t pos;
+	unsigned seen = 0;
+	memset(f, 0, sizeof(*f));
+	if (tr__mp_map_head(p, n, &cnt, &pos) != TR_OK)
+		return;
+	for (uint32_t i = 0; i < cnt; i++) {
+		const unsigned char *k = p + pos, *v;
+		size_t ks = tr__mp_size(k), vs, kl;
+		const char *kstr, **sv = NULL;
+		size_t *lv = NULL;
+		v = k + ks;
+		vs = tr__mp_size(v);
+		pos += ks + vs;
+		unsigned bit = 0;
+		if (tr__mp_str(k, ks, &kstr, &kl) != TR_OK)
+			continue;
+		if (kl == 5 && memcmp(kstr, "event", 5) == 0)
+			sv = &f->ev, lv = &f->en, bit = 1;
+		else if (kl == 8 && memcmp(kstr, "pipeline", 8) == 0)
+			sv = &f->pl, lv = &f->pn, bit = 2;
+		else if (kl == 4 && memcmp(kstr, "step", 4) == 0)
+			sv = &f->sp, lv = &f->sn, bit = 4;
+		else if (kl == 7 && memcmp(kstr, "step_us", 7) == 0)
+			bit = 8;
+		if (bit == 0 || (seen & bit))
+			continue;
+		seen |= bit;
+		if (sv != NULL) {
+			if (tr__mp_str(v, vs, sv, lv) != TR_OK)
+				*sv = NULL;
+		} else {
+			if (v[0] <= 0x7f)
+				f->step_us = v[0];
+			else if (v[0] >= 0xcc && v[0] <= 0xcf)
+				f->step_us = be(v + 1, 1u << (v[0] - 0xcc));
+		}
+	}
 }
 
 /* Whether s[0..n) may be a pipeline or step name in a counter (and a
@@ -1424,7 +1462,7 @@ static void record(tr_ctx *ctx, tel_st *st, const tr_msg *m, uint8_t kind)
 	const char *pl = NULL, *sp = NULL, *ev = NULL;
 	size_t pn = 0, sn = 0, en = 0;
 	uint64_t step_us = 0;
-	int type = TR_TEL_OTHER;
+	int type = TR_TEL_OTHER, has_step = 0;
 
 	e.ts_us = tr_wall_us();
 	e.tenant = m->tenant;
@@ -1433,20 +1471,25 @@ static void record(tr_ctx *ctx, tel_st *st, const tr_msg *m, uint8_t kind)
 	e.bytes = (uint32_t)n;
 	e.kind = kind;
 	if (kind == EV_BODY) {
-		if (n == 0 || !is_map(p) || tr_mp_check(p, n, TR_MP_MAX_DEPTH) != TR_OK) {
+		/* tr_body_check: an engine's own tap event is valid as made
+		 * (tr__body_mark_checked), one from the wire is walked. */
+		if (n == 0 || !is_map(p) || tr_body_check(m->body) != TR_OK) {
 			uv_mutex_lock(&sh->mu);
 			sh->st.invalid++;
 			uv_mutex_unlock(&sh->mu);
 			return;
 		}
-		ev = field_str(p, n, "event", &en);
-		pl = field_str(p, n, "pipeline", &pn);
-		sp = field_str(p, n, "step", &sn);
+		tel_fields f;
+		read_fields(p, n, &f);
+		ev = f.ev, en = f.en;
+		pl = f.pl, pn = f.pn;
+		sp = f.sp, sn = f.sn;
+		has_step = sp != NULL;
 		if (!label_ok(pl, pn) || !label_ok(sp, sn))
 			pl = sp = NULL; /* counted in step_overflow below */
 		type = type_of(ev, en);
 		if (type == TR_TEL_END)
-			step_us = field_uint(p, n, "step_us");
+			step_us = f.step_us;
 		if (n > st->cfg.max_line)
 			e.kind = EV_OVERSIZE;
 		else if (sh->ring != NULL)
@@ -1487,7 +1530,7 @@ static void record(tr_ctx *ctx, tel_st *st, const tr_msg *m, uint8_t kind)
 			} else {
 				sh->st.step_overflow++;
 			}
-		} else if (field_str(p, n, "step", &sn) != NULL) {
+		} else if (has_step) {
 			sh->st.step_overflow++;
 		}
 	}

@@ -1136,7 +1136,45 @@ TT_TEST(map_merge_every_size)
 	}
 }
 
+/* tr__mp_map_pick keeps the entries whose key is listed, in the map's
+ * order, for every size: through its one-pass path (up to 32 kept) and
+ * the two-pass one, and with more than 32 keys listed. */
+TT_TEST(map_pick_every_size)
+{
+	static char names[40][8];
+	char *keys[40];
+	for (int i = 0; i < 40; i++) {
+		snprintf(names[i], sizeof(names[i]), "k%d", 2 * i); /* the even keys */
+		keys[i] = names[i];
+	}
+	for (unsigned an = 0; an <= 90; an += 3) {
+		for (size_t nk = 0; nk <= 40; nk += 5) {
+			tr_buf a, out;
+			tr_buf_init(&a);
+			tr_buf_init(&out);
+			pack_keys(&a, an, 0, 1, 0);
+			TT_OK(tr__mp_map_pick(a.data, a.len, keys, nk, &out));
+			unsigned want = 0;
+			for (unsigned i = 0; i < an; i++)
+				want += i % 2 == 0 && i / 2 < nk;
+			msgpack_unpacked u;
+			msgpack_unpacked_init(&u);
+			size_t off = 0;
+			TT_EQ(msgpack_unpack_next(&u, (const char *)out.data, out.len, &off),
+			      MSGPACK_UNPACK_SUCCESS);
+			TT_EQ(off, out.len);
+			TT_EQ(u.data.via.map.size, want);
+			for (unsigned j = 0; j < want; j++)
+				TT_EQ(u.data.via.map.ptr[j].val.via.u64, 2 * j);
+			msgpack_unpacked_destroy(&u);
+			tr_buf_free(&a);
+			tr_buf_free(&out);
+		}
+	}
+}
+
 TT_LIST = {
+	TT_ENTRY(map_pick_every_size),
 	TT_ENTRY(map_merge_every_size),
 	TT_ENTRY(linear_steps),
 	TT_ENTRY(retries_then_success),

@@ -38,6 +38,14 @@ static inline int tr__buf_append(tr_buf *b, const void *p, size_t n)
 	return TR_OK;
 }
 
+/* For a body its maker packed itself with msgpack-c (valid by
+ * construction, as tr_mp_check would find): tr_body_check then need not
+ * walk it. Only before the body is shared. */
+static inline void tr__body_mark_checked(tr_body *b)
+{
+	atomic_store_explicit(&b->checked, 1, memory_order_relaxed);
+}
+
 /* Number of interned tenants, for tests and stats. */
 unsigned tr__tenant_count(void);
 

@@ -529,6 +529,8 @@ static void tap(tr_ctx *ctx, engine *e, const fiber *f, const char *event, int c
 	          (cls && (KEY("error") || tr__mp_pack_cstr(&pk, cls_name(cls))));
 #undef KEY
 	body = bad ? NULL : tr_body_new(b->data, b->len);
+	if (body != NULL)
+		tr__body_mark_checked(body); /* packed above: the tap need not walk it */
 	if (b->cap > 4096)
 		tr_buf_free(b); /* a huge name once: not kept */
 	if (body == NULL) {

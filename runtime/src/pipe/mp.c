@@ -170,40 +170,63 @@ int tr__mp_map_get(const unsigned char *p, size_t len, const char *key,
 	return TR_ENOTFOUND;
 }
 
-/* Whether entry key k (one object) is a str equal to one of keys[]. */
-static int key_in(const unsigned char *k, char *const *keys, size_t nkeys)
+/* Whether entry key k (one object) is a str equal to one of keys[]
+ * (their lengths in klen[], or NULL: strlen). */
+static int key_in(const unsigned char *k, char *const *keys, const size_t *klen, size_t nkeys)
 {
 	const char *s;
 	size_t n;
 	if (tr__mp_str(k, tr__mp_size(k), &s, &n) != TR_OK)
 		return 0;
 	for (size_t i = 0; i < nkeys; i++)
-		if (strlen(keys[i]) == n && memcmp(keys[i], s, n) == 0)
+		if ((klen != NULL ? klen[i] : strlen(keys[i])) == n && memcmp(keys[i], s, n) == 0)
 			return 1;
 	return 0;
 }
+
+/* A pipeline's `output` keys and the entries they keep: up to these,
+ * found in one pass (it is on every answer); more take two. */
+#define PICK_KEYS 32
+#define PICK_SPANS 32
 
 int tr__mp_map_pick(const unsigned char *p, size_t len, char *const *keys, size_t nkeys,
                     tr_buf *out)
 {
 	uint32_t n, kept = 0;
 	size_t hdr, pos;
+	size_t klen[PICK_KEYS], span_at[PICK_SPANS], span_len[PICK_SPANS];
+	const size_t *kl = NULL;
 	msgpack_packer pk;
 	if (map_head(p, len, &n, &hdr) != 0)
 		return TR_EINVAL;
+	if (nkeys <= PICK_KEYS) {
+		for (size_t i = 0; i < nkeys; i++)
+			klen[i] = strlen(keys[i]);
+		kl = klen;
+	}
 	pos = hdr;
 	for (uint32_t i = 0; i < n; i++) {
-		size_t ks = tr__mp_size(p + pos);
-		kept += (uint32_t)key_in(p + pos, keys, nkeys);
-		pos += ks + tr__mp_size(p + pos + ks);
+		size_t ks = tr__mp_size(p + pos), vs = tr__mp_size(p + pos + ks);
+		if (key_in(p + pos, keys, kl, nkeys)) {
+			if (kept < PICK_SPANS)
+				span_at[kept] = pos, span_len[kept] = ks + vs;
+			kept++;
+		}
+		pos += ks + vs;
 	}
 	tr__mp_packer(&pk, out);
 	if (msgpack_pack_map(&pk, kept))
 		return TR_ENOMEM;
+	if (kept <= PICK_SPANS) {
+		for (uint32_t i = 0; i < kept; i++)
+			if (tr__buf_append(out, p + span_at[i], span_len[i]) != TR_OK)
+				return TR_ENOMEM;
+		return TR_OK;
+	}
 	pos = hdr;
 	for (uint32_t i = 0; i < n; i++) {
 		size_t ks = tr__mp_size(p + pos), vs = tr__mp_size(p + pos + ks);
-		if (key_in(p + pos, keys, nkeys) && tr__buf_append(out, p + pos, ks + vs) != TR_OK)
+		if (key_in(p + pos, keys, kl, nkeys) && tr__buf_append(out, p + pos, ks + vs) != TR_OK)
 			return TR_ENOMEM;
 		pos += ks + vs;
 	}
