@@ -15,7 +15,10 @@
  *     white space, and at line ends; a sentence ends before the word that
  *     would take it past TR_GEN_SENTENCE_LEN bytes. At most
  *     TR_GEN_CANDIDATES_MAX sentences per answer are scored. Splitting
- *     and finding terms are one pass over the bytes in context (scan()).
+ *     is one pass over a passage's bytes (tokenize()), kept for the
+ *     passages seen lately (up to 256 of up to 4 KiB each, compared in
+ *     full on a hit): rag returns the same chunks again and again. The
+ *     question's terms are then found among each sentence's words.
  *  3. Score. A sentence scores the sum, over the distinct terms it
  *     contains, of weight * log(1 + N / df) (N sentences, df of them with
  *     the term: rare terms count more), times 0.5 + 0.5 * clamp(passage
@@ -33,8 +36,10 @@
  *     citation; consecutive sentences of one source share one marker.
  *
  * Cost: linear in the bytes in context. Eight passages of 440 bytes take
- * about 113k instructions (10 to 15 us on the 2-core dev box); nothing is
- * allocated once the scratch arrays have grown to the largest answer.
+ * about 113k instructions split anew (10 to 15 us on the 2-core dev box),
+ * a few words' hashing each when cached; nothing is allocated once the
+ * scratch arrays have grown to the largest answer, except a passage's
+ * cache entry (one allocation) when it is first seen.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -77,6 +82,42 @@ typedef struct pick {
 	uint32_t cite; /* 1-based source number */
 } pick;
 
+/* A passage split once (tokenize()): its sentences as scan() would
+ * record them, each with its words, before any question's terms. */
+typedef struct tword {
+	uint32_t off, len;
+	uint64_t h; /* hash of the lower-cased word (HASH_STEP over wordc) */
+} tword;
+
+typedef struct tsent {
+	uint32_t off, end; /* as given to add_sentence(): untrimmed */
+	uint32_t w0, wn;   /* its words: tw[w0 .. w0 + wn) */
+	uint32_t words;    /* add_sentence()'s `words` */
+} tsent;
+
+typedef struct toks {
+	tsent *sv;
+	tword *wv;
+	uint32_t sn, wn, scap, wcap;
+} toks;
+
+/* The passages seen lately, split: rag hands generate the same chunks
+ * again and again (the documents change rarely, questions repeat), and
+ * splitting was most of tr_gen_extract. Direct-mapped on a hash of the
+ * text, the text kept to compare in full: a hit is always the same bytes.
+ * Only passages up to TOK_CACHE_LEN bytes, so the cache holds at most
+ * TOK_CACHE_SLOTS * (4 KiB of text + its sentences and words). */
+#define TOK_CACHE_SLOTS 256
+#define TOK_CACHE_LEN 4096
+
+typedef struct tcache_ent {
+	uint64_t h;
+	uint32_t n, sn, wn;
+	const tsent *sv; /* these three point into the entry's one allocation */
+	const tword *wv;
+	const char *text;
+} tcache_ent;
+
 struct tr_gen_ex {
 	term terms[TERMS_MAX];
 	uint32_t nterms, nqterms;
@@ -87,6 +128,9 @@ struct tr_gen_ex {
 	size_t sn, rn, scap;
 	tr_buf ans;
 	tr_buf src;
+	toks tk;                                  /* scratch: a passage being split */
+	tcache_ent *cache[TOK_CACHE_SLOTS];       /* owned, NULL when empty */
+	uint64_t cache_hits, cache_misses;
 };
 
 /* ---- UTF-8 ------------------------------------------------------------- */
@@ -479,27 +523,59 @@ static int line_ends_sentence(const unsigned char *u, size_t i, size_t n)
 	return 0;
 }
 
+/* Appends to the scratch tokens: a sentence or a word. */
+static int tk_sent(toks *k, size_t off, size_t end, uint32_t w0, int words)
+{
+	if (k->sn == k->scap) {
+		uint32_t cap = k->scap ? 2 * k->scap : 64;
+		tsent *nv = tr__realloc(k->sv, cap * sizeof(*nv));
+		if (nv == NULL)
+			return TR_ENOMEM;
+		k->sv = nv, k->scap = cap;
+	}
+	k->sv[k->sn++] = (tsent){.off = (uint32_t)off, .end = (uint32_t)end, .w0 = w0,
+	                         .wn = k->wn - w0, .words = (uint32_t)words};
+	return TR_OK;
+}
+
+static int tk_word(toks *k, size_t off, size_t len, uint64_t h)
+{
+	if (k->wn == k->wcap) {
+		uint32_t cap = k->wcap ? 2 * k->wcap : 256;
+		tword *nv = tr__realloc(k->wv, cap * sizeof(*nv));
+		if (nv == NULL)
+			return TR_ENOMEM;
+		k->wv = nv, k->wcap = cap;
+	}
+	k->wv[k->wn++] = (tword){.off = (uint32_t)off, .len = (uint32_t)len, .h = h};
+	return TR_OK;
+}
+
 /*
- * Splits passage t[0..n) into sentences and finds each one's terms, in
- * one pass: this is the hot loop of scoring (every byte of every passage
- * in context). Word bytes go through the word loop, which hashes as it
- * lower-cases; sentence ends can only be among the other bytes. A
- * sentence that would grow past TR_GEN_SENTENCE_LEN ends before the word
- * (or the byte) that would take it there; a single word longer than that
- * is cut in pieces on UTF-8 boundaries.
+ * Splits passage t[0..n) into sentences and their words, in one pass:
+ * the hot loop of an uncached passage (every byte of it). Word bytes go
+ * through the word loop, which hashes as it lower-cases; sentence ends
+ * can only be among the other bytes. A sentence that would grow past
+ * TR_GEN_SENTENCE_LEN ends before the word (or the byte) that would take
+ * it there; a single word longer than that is cut in pieces on UTF-8
+ * boundaries (pieces with no word of their own). The terms of the
+ * question are not needed here: apply() finds them in the words.
  */
-static int scan(tr_gen_ex *x, uint32_t psg, const char *t, size_t n)
+static int tokenize(toks *k, const char *t, size_t n)
 {
 	const unsigned char *u = (const unsigned char *)t;
 	size_t i = 0, start = NONE;
-	uint64_t mask = 0;
+	uint32_t w0 = 0;
 	int words = 0;
-	while (i < n && x->sn < TR_GEN_CANDIDATES_MAX) {
+	k->sn = k->wn = 0;
+	if (n > UINT32_MAX)
+		n = UINT32_MAX; /* offsets are 32-bit; a message is far smaller */
+	while (i < n) {
 		if (!wordc[u[i]]) {
-			unsigned k = ends[u[i]];
-			int here = (k == 1 && line_ends_sentence(u, i, n)) ||
-			           (k == 2 && (i + 1 == n || is_space(u[i + 1])));
-			if (k == 1 && !here) {
+			unsigned e = ends[u[i]];
+			int here = (e == 1 && line_ends_sentence(u, i, n)) ||
+			           (e == 2 && (i + 1 == n || is_space(u[i + 1])));
+			if (e == 1 && !here) {
 				/* a wrapped line: the sentence goes on */
 				i++;
 				continue;
@@ -508,11 +584,11 @@ static int scan(tr_gen_ex *x, uint32_t psg, const char *t, size_t n)
 				/* The end byte itself: '.' belongs to its sentence, a
 				 * line end to none; a sentence cut for length leaves
 				 * this byte to the next one. */
-				size_t end = here && k == 2 ? i + 1 : i;
-				if (add_sentence(x, psg, t, start, end, words, mask) != TR_OK)
+				size_t end = here && e == 2 ? i + 1 : i;
+				if (tk_sent(k, start, end, w0, words) != TR_OK)
 					return TR_ENOMEM;
 				start = NONE;
-				mask = 0;
+				w0 = k->wn;
 				words = 0;
 				i += here;
 				continue;
@@ -528,30 +604,110 @@ static int scan(tr_gen_ex *x, uint32_t psg, const char *t, size_t n)
 			h = HASH_STEP(h, wordc[u[i]]);
 			i++;
 		}
-		uint64_t wm = word_terms(x, u + w, i - w, h);
 		if (start == NONE) {
 			start = w;
 		} else if (i - start > TR_GEN_SENTENCE_LEN) {
-			if (add_sentence(x, psg, t, start, w, words, mask) != TR_OK)
+			if (tk_sent(k, start, w, w0, words) != TR_OK)
 				return TR_ENOMEM;
 			start = w;
-			mask = 0;
+			w0 = k->wn;
 			words = 0;
 		}
 		while (i - start > TR_GEN_SENTENCE_LEN) {
 			size_t cut = start + tr_gwin_cut(t + start, i - start, TR_GEN_SENTENCE_LEN);
 			if (cut <= start)
 				cut = start + TR_GEN_SENTENCE_LEN;
-			if (add_sentence(x, psg, t, start, cut, 1, 0) != TR_OK)
+			if (tk_sent(k, start, cut, k->wn, 1) != TR_OK)
 				return TR_ENOMEM;
 			start = cut;
 		}
-		mask |= wm;
+		if (tk_word(k, w, i - w, h) != TR_OK)
+			return TR_ENOMEM;
 		words = 1;
 	}
 	if (start != NONE)
-		return add_sentence(x, psg, t, start, n, words, mask);
+		return tk_sent(k, start, n, w0, words);
 	return TR_OK;
+}
+
+/* Records passage psg's sentences, each with the terms its words are. */
+static int apply(tr_gen_ex *x, uint32_t psg, const char *t, const tsent *sv, uint32_t sn,
+                 const tword *wv)
+{
+	const unsigned char *u = (const unsigned char *)t;
+	for (uint32_t i = 0; i < sn && x->sn < TR_GEN_CANDIDATES_MAX; i++) {
+		const tsent *st = &sv[i];
+		uint64_t mask = 0;
+		for (uint32_t j = st->w0; j < st->w0 + st->wn; j++)
+			mask |= word_terms(x, u + wv[j].off, wv[j].len, wv[j].h);
+		if (add_sentence(x, psg, t, st->off, st->end, (int)st->words, mask) != TR_OK)
+			return TR_ENOMEM;
+	}
+	return TR_OK;
+}
+
+/* The cache's hash of a passage: eight bytes a round (a hit still
+ * compares the text in full). */
+static uint64_t text_hash(const char *p, size_t n)
+{
+	uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n, w;
+	for (; n >= 8; p += 8, n -= 8) {
+		memcpy(&w, p, 8);
+		h = (h ^ w) * 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+	}
+	w = 0;
+	if (n > 0)
+		memcpy(&w, p, n);
+	h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+	return h ^ (h >> 29);
+}
+
+/* Keeps the scratch tokens of t[0..n) in the slot (best effort: out of
+ * memory only means not cached). */
+static void cache_put(tr_gen_ex *x, unsigned slot, uint64_t h, const char *t, size_t n)
+{
+	const toks *k = &x->tk;
+	size_t sb = (size_t)k->sn * sizeof(tsent), wb = (size_t)k->wn * sizeof(tword);
+	tcache_ent *e = tr__malloc(sizeof(*e) + sb + wb + n);
+	if (e == NULL)
+		return;
+	/* The words first: they need 8-byte alignment (malloc's, and
+	 * sizeof(*e) is a multiple of 8); the sentences 4 after them. */
+	unsigned char *p = (unsigned char *)(e + 1);
+	_Static_assert(sizeof(tcache_ent) % 8 == 0 && sizeof(tword) % 8 == 0, "alignment");
+	if (wb > 0)
+		memcpy(p, k->wv, wb);
+	if (sb > 0)
+		memcpy(p + wb, k->sv, sb);
+	memcpy(p + wb + sb, t, n);
+	*e = (tcache_ent){.h = h, .n = (uint32_t)n, .sn = k->sn, .wn = k->wn,
+	                  .wv = (const tword *)p, .sv = (const tsent *)(p + wb),
+	                  .text = (const char *)(p + wb + sb)};
+	tr__free(x->cache[slot]);
+	x->cache[slot] = e;
+}
+
+/* Splits passage t[0..n) (from the cache when it was seen lately) and
+ * records its sentences with their terms. */
+static int scan(tr_gen_ex *x, uint32_t psg, const char *t, size_t n)
+{
+	if (n <= TOK_CACHE_LEN) {
+		uint64_t h = text_hash(t, n);
+		unsigned slot = (unsigned)(h % TOK_CACHE_SLOTS);
+		const tcache_ent *e = x->cache[slot];
+		if (e != NULL && e->h == h && e->n == n && memcmp(e->text, t, n) == 0) {
+			x->cache_hits++;
+			return apply(x, psg, t, e->sv, e->sn, e->wv);
+		}
+		x->cache_misses++;
+		if (tokenize(&x->tk, t, n) != TR_OK)
+			return TR_ENOMEM;
+		cache_put(x, slot, h, t, n);
+	} else if (tokenize(&x->tk, t, n) != TR_OK) {
+		return TR_ENOMEM;
+	}
+	return apply(x, psg, t, x->tk.sv, x->tk.sn, x->tk.wv);
 }
 
 /* ---- composing ------------------------------------------------------------ */
@@ -573,6 +729,10 @@ void tr_gen_ex_free(tr_gen_ex *x)
 		return;
 	tr__free(x->sv);
 	tr__free(x->rv);
+	tr__free(x->tk.sv);
+	tr__free(x->tk.wv);
+	for (unsigned i = 0; i < TOK_CACHE_SLOTS; i++)
+		tr__free(x->cache[i]);
 	tr_buf_free(&x->ans);
 	tr_buf_free(&x->src);
 	tr__free(x);

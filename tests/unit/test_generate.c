@@ -1384,8 +1384,79 @@ TT_TEST(clean_matches_its_definition)
 	tr_buf_free(&got);
 }
 
+/* The extractor keeps passages it has split (a cache of their
+ * sentences and words): an answer from a warm extractor -- the passages
+ * seen before, with other questions -- is byte for byte the one a fresh
+ * extractor gives. Random passages: words, UTF-8, sentence ends, line
+ * wraps, markdown, words long enough to be cut, passages past the
+ * cache's 4 KiB (split each time). */
+static unsigned rnd_next(uint64_t *r, unsigned n)
+{
+	*r ^= *r << 13, *r ^= *r >> 7, *r ^= *r << 17;
+	return (unsigned)(*r % n);
+}
+
+TT_TEST(cached_passages_answer_the_same)
+{
+	uint64_t rng = 0x9e3779b97f4a7c15ull;
+#define RND(n) rnd_next(&rng, (n))
+	static const char *const words[] = {
+		"retries", "the", "backoff", "mailbox", "size", "is", "set", "in", "a", "Step",
+		"steps", "deadline", "expires", "policies", "supervisor", "restarts", "cache",
+		"jitter", "timeout", "\xc3\xa9t\xc3\xa9", "\xe2\x82\xac", "1.5", "e.g.", "API", "how"};
+	static const char *const seps[] = {" ", " ", " ", ". ", "! ", "? ", "\n", "\n\n",
+	                                   "\n- ", "\n# ", "\n1. ", ", ", "```\n", "\t"};
+	static char text[4][6000];
+	tr_gen_psg pv[4];
+	tr_gen_ex *warm;
+	TT_OK(tr_gen_ex_new(&warm));
+	for (int round = 0; round < 300; round++) {
+		/* New passages every 10 rounds; between, the same ones with other questions. */
+		int np = 1 + (round / 10) % 4;
+		if (round % 10 == 0) {
+			for (int p = 0; p < 4; p++) {
+				size_t n = 0;
+				unsigned nw = (round / 10) % 7 == 3 ? 900 : 20 + RND(120);
+				while (nw-- > 0 && n < 5800) {
+					const char *w = words[RND(sizeof(words) / sizeof(words[0]))];
+					if (RND(150) == 0) {
+						for (unsigned z = 100 + RND(2200); z > 0 && n < 5800; z--)
+							text[p][n++] = 'z';
+					} else {
+						memcpy(text[p] + n, w, strlen(w));
+						n += strlen(w);
+					}
+					const char *sp = seps[RND(sizeof(seps) / sizeof(seps[0]))];
+					memcpy(text[p] + n, sp, strlen(sp));
+					n += strlen(sp);
+				}
+				pv[p] = (tr_gen_psg){text[p], n, "doc.md", 6, 0.25 * (double)RND(5)};
+			}
+		}
+		char q[128];
+		unsigned w1 = RND(25), w2 = RND(25), w3 = RND(25);
+		snprintf(q, sizeof(q), "%s %s %s?", words[w1], words[w2], words[w3]);
+		uint32_t ms = 1 + RND(5);
+		size_t mb = 64 + RND(2000);
+		tr_gen_ex *fresh;
+		tr_gen_answer a, b;
+		TT_OK(tr_gen_ex_new(&fresh));
+		TT_OK(tr_gen_extract(fresh, q, strlen(q), NULL, NULL, 0, pv, (size_t)np, ms, mb, &a));
+		TT_OK(tr_gen_extract(warm, q, strlen(q), NULL, NULL, 0, pv, (size_t)np, ms, mb, &b));
+		TT_EQ(a.found, b.found);
+		TT_EQ(a.sentences, b.sentences);
+		TT_EQ(a.len, b.len);
+		TT_ASSERT(memcmp(a.text, b.text, a.len) == 0);
+		TT_EQ(a.nsources, b.nsources);
+		tr_gen_ex_free(fresh);
+	}
+	tr_gen_ex_free(warm);
+#undef RND
+}
+
 TT_LIST = {
 	TT_ENTRY(clean_matches_its_definition),
+	TT_ENTRY(cached_passages_answer_the_same),
 	TT_ENTRY(cites_the_right_source),
 	TT_ENTRY(several_sources_in_reading_order),
 	TT_ENTRY(no_passages_honest_fallback),
