@@ -3,6 +3,7 @@
  * See kit.h.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -252,6 +253,65 @@ int tr_kcfg_strv(tr_kcfg *c, const char *key, char ***out, size_t *n)
 
 /* ---- messages ----------------------------------------------------------- */
 
+/*
+ * The zones messages are unpacked into, kept per thread and cleared for
+ * the next message: msgpack_unpack_next makes and frees an 8 KiB zone
+ * per call, malloc's slow path (not its per-thread cache) on every step
+ * of every run. A few per thread, as opens nest only a little; freed
+ * when the thread ends (the key's destructor).
+ */
+#define KZONES 4
+#define KZONE_KEEP (64u * 1024u)
+typedef struct kzones {
+	msgpack_zone *z[KZONES];
+	unsigned n;
+} kzones;
+
+static pthread_key_t kz_key;
+static pthread_once_t kz_once = PTHREAD_ONCE_INIT;
+
+static void kz_free(void *p)
+{
+	kzones *c = p;
+	for (unsigned i = 0; i < c->n; i++)
+		msgpack_zone_free(c->z[i]);
+	tr__free(c);
+}
+
+static void kz_init(void)
+{
+	(void)pthread_key_create(&kz_key, kz_free);
+}
+
+static msgpack_zone *kz_get(void)
+{
+	(void)pthread_once(&kz_once, kz_init);
+	kzones *c = pthread_getspecific(kz_key);
+	if (c != NULL && c->n > 0)
+		return c->z[--c->n];
+	return msgpack_zone_new(MSGPACK_ZONE_CHUNK_SIZE);
+}
+
+static void kz_put(msgpack_zone *z)
+{
+	kzones *c = pthread_getspecific(kz_key);
+	if (c == NULL && (c = tr__calloc(1, sizeof(*c))) != NULL &&
+	    pthread_setspecific(kz_key, c) != 0) {
+		tr__free(c);
+		c = NULL;
+	}
+	if (c != NULL && c->n < KZONES) {
+		/* clear keeps the zone's newest chunk: one grown by a huge
+		 * message is not kept. */
+		msgpack_zone_clear(z);
+		if (z->chunk_list.free <= KZONE_KEEP) {
+			c->z[c->n++] = z;
+			return;
+		}
+	}
+	msgpack_zone_free(z);
+}
+
 int tr_kmsg_open(tr_kmsg *k, const tr_msg *m)
 {
 	size_t off = 0;
@@ -262,8 +322,13 @@ int tr_kmsg_open(tr_kmsg *k, const tr_msg *m)
 		return TR_OK;
 	/* The engine checked the body (tr_mp_check) before it asked us; an
 	 * actor asked directly by someone else gets the same check here. */
-	if (tr_body_check(m->body) != TR_OK ||
-	    msgpack_unpack_next(&k->u, (const char *)m->body->data, m->body->len, &off) !=
+	if (tr_body_check(m->body) != TR_OK)
+		return TR_EPROTO;
+	if ((k->u.zone = kz_get()) == NULL)
+		return TR_ENOMEM;
+	/* msgpack_unpack (msgpack-c calls it obsolete, but it is the one
+	 * call that unpacks into a zone of ours) on a checked body. */
+	if (msgpack_unpack((const char *)m->body->data, m->body->len, &off, k->u.zone, &k->u.data) !=
 	        MSGPACK_UNPACK_SUCCESS ||
 	    k->u.data.type != MSGPACK_OBJECT_MAP)
 		return TR_EPROTO;
@@ -273,7 +338,9 @@ int tr_kmsg_open(tr_kmsg *k, const tr_msg *m)
 
 void tr_kmsg_close(tr_kmsg *k)
 {
-	msgpack_unpacked_destroy(&k->u);
+	if (k->u.zone != NULL)
+		kz_put(k->u.zone);
+	k->u.zone = NULL;
 }
 
 const msgpack_object *tr_kmsg_get(const tr_kmsg *k, const char *key)

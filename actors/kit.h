@@ -95,7 +95,8 @@ typedef struct tr_kmsg {
 	msgpack_object_map empty;
 } tr_kmsg;
 
-/* TR_OK, or TR_EPROTO when the body is not a msgpack map. Always close. */
+/* TR_OK, TR_EPROTO when the body is not a msgpack map, or TR_ENOMEM.
+ * Always close (the unpacked objects live in a per-thread zone until). */
 int tr_kmsg_open(tr_kmsg *k, const tr_msg *m);
 void tr_kmsg_close(tr_kmsg *k);
 const msgpack_object *tr_kmsg_get(const tr_kmsg *k, const char *key);
