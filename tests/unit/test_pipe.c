@@ -1075,6 +1075,79 @@ TT_TEST(placed_without_instance_fails_clearly)
 	TT_EQ(stop(n), 0);
 }
 
+/* tr__mp_size (its inline path and its walk): the size of random
+ * nested objects of every msgpack type and width, as msgpack-c packed
+ * them and as its unpacker reads them. */
+static uint64_t sz_rng = 0x853c49e6748fea9bull;
+static unsigned sz_rnd(unsigned n)
+{
+	sz_rng ^= sz_rng << 13, sz_rng ^= sz_rng >> 7, sz_rng ^= sz_rng << 17;
+	return (unsigned)(sz_rng % n);
+}
+
+static void pack_random(msgpack_packer *pk, int depth)
+{
+	static const char bytes[70000] = {0};
+	unsigned kind = sz_rnd(depth > 3 ? 12 : 14);
+	switch (kind) {
+	case 0: msgpack_pack_nil(pk); break;
+	case 1: sz_rnd(2) ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
+	case 2: msgpack_pack_uint64(pk, (uint64_t)sz_rnd(1000000) << sz_rnd(40)); break;
+	case 3: msgpack_pack_int64(pk, -(int64_t)sz_rnd(1000000) << sz_rnd(30)); break;
+	case 4: msgpack_pack_float(pk, 1.5f); break;
+	case 5: msgpack_pack_double(pk, 0.1 * sz_rnd(100)); break;
+	case 6: case 7: {
+		unsigned n = sz_rnd(3) == 0 ? sz_rnd(70000) : sz_rnd(40);
+		msgpack_pack_str(pk, n);
+		msgpack_pack_str_body(pk, bytes, n);
+		break;
+	}
+	case 8: {
+		unsigned n = sz_rnd(300);
+		msgpack_pack_bin(pk, n);
+		msgpack_pack_bin_body(pk, bytes, n);
+		break;
+	}
+	case 9: {
+		unsigned n = sz_rnd(2) ? 1u << sz_rnd(5) : sz_rnd(300);
+		msgpack_pack_ext(pk, n, 7);
+		msgpack_pack_ext_body(pk, bytes, n);
+		break;
+	}
+	case 10: case 11: msgpack_pack_uint8(pk, (uint8_t)sz_rnd(256)); break;
+	case 12: {
+		unsigned n = sz_rnd(4) == 0 ? 16 + sz_rnd(30) : sz_rnd(8);
+		msgpack_pack_array(pk, n);
+		for (unsigned i = 0; i < n; i++)
+			pack_random(pk, depth + 1);
+		break;
+	}
+	default: {
+		unsigned n = sz_rnd(4) == 0 ? 16 + sz_rnd(20) : sz_rnd(8);
+		msgpack_pack_map(pk, n);
+		for (unsigned i = 0; i < n; i++) {
+			pack_random(pk, depth + 1);
+			pack_random(pk, depth + 1);
+		}
+		break;
+	}
+	}
+}
+
+TT_TEST(mp_size_every_type)
+{
+	for (int round = 0; round < 3000; round++) {
+		tr_buf b;
+		msgpack_packer pk;
+		tr_buf_init(&b);
+		tr__mp_packer(&pk, &b);
+		pack_random(&pk, 0);
+		TT_OK(tr_mp_check(b.data, b.len, TR_MP_MAX_DEPTH));
+		TT_EQ(tr__mp_size(b.data), b.len);
+		tr_buf_free(&b);
+	}
+}
+
 /* tr__mp_map_merge: b's entries replace a's of the same key, the rest of
  * a kept in order, b's after it; every size of a and b, through the
  * one-pass path (at most 15 entries in all) and the two-pass one, with b
@@ -1174,6 +1247,7 @@ TT_TEST(map_pick_every_size)
 }
 
 TT_LIST = {
+	TT_ENTRY(mp_size_every_type),
 	TT_ENTRY(map_pick_every_size),
 	TT_ENTRY(map_merge_every_size),
 	TT_ENTRY(linear_steps),

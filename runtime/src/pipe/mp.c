@@ -59,11 +59,32 @@ static void head(const unsigned char *p, size_t *hdr, uint64_t *skip, uint64_t *
 	}
 }
 
-size_t tr__mp_size(const unsigned char *p)
+size_t tr__mp_size_walk(const unsigned char *p)
 {
 	size_t pos = 0;
 	uint64_t owed = 1; /* objects still to skip; validated input bounds it */
 	while (owed > 0) {
+		/* What messages are made of first (keys and short strings,
+		 * small ints, nil and booleans, small maps and arrays): this
+		 * walk skips every value a lookup passes, the passages among
+		 * them, and was the engine's hottest code. */
+		unsigned char c = p[pos];
+		if ((c & 0xe0) == 0xa0) {
+			pos += 1 + (c & 0x1fu);
+			owed--;
+			continue;
+		}
+		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+			pos++;
+			owed--;
+			continue;
+		}
+		if ((c & 0xe0) == 0x80) { /* fixmap 0x8_, fixarray 0x9_ */
+			owed += (c & 0x10 ? 1u : 2u) * (c & 0x0fu);
+			pos++;
+			owed--;
+			continue;
+		}
 		size_t hdr;
 		uint64_t skip, kids;
 		head(p + pos, &hdr, &skip, &kids);

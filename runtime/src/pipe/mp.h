@@ -15,8 +15,20 @@
 
 #include <troupe/msg.h>
 
-/* Size of the one object at p (validated input). */
-size_t tr__mp_size(const unsigned char *p);
+/* Size of the one object at p (validated input). Inline for the
+ * objects that are one byte or a short string (half of all: the keys),
+ * else a walk (tr__mp_size_walk). */
+size_t tr__mp_size_walk(const unsigned char *p);
+
+static inline size_t tr__mp_size(const unsigned char *p)
+{
+	unsigned char c = p[0];
+	if ((c & 0xe0) == 0xa0)
+		return 1 + (c & 0x1fu);
+	if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+		return 1;
+	return tr__mp_size_walk(p);
+}
 
 /* Number of entries if p is a map (*n), else TR_EINVAL. */
 int tr__mp_map_len(const unsigned char *p, size_t len, uint32_t *n);
