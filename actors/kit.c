@@ -370,6 +370,7 @@ void tr_kout_init(tr_kout *o)
 	tr_buf_init(&o->pairs);
 	tr__mp_packer(&o->pk, &o->pairs);
 	o->n = 0;
+	o->raw = 0;
 }
 
 void tr_kout_free(tr_kout *o)
@@ -394,28 +395,47 @@ int tr_kpack_str(msgpack_packer *pk, const char *s, size_t n)
 int tr_kout_reply(tr_ctx *ctx, const tr_msg *req, tr_kout *o)
 {
 	static const unsigned char empty_map[] = {0x80};
-	tr_buf add, out;
-	msgpack_packer pk;
+	unsigned char hdr[5];
+	size_t hl;
+	tr_buf out;
 	int rc;
+	int has = req->body != NULL && req->body->len > 0;
+	const unsigned char *a = has ? req->body->data : empty_map;
+	size_t alen = has ? req->body->len : 1;
 
-	tr_buf_init(&add);
-	tr_buf_init(&out);
-	tr__mp_packer(&pk, &add);
-	rc = msgpack_pack_map(&pk, o->n) == 0 &&
-	             tr__buf_append(&add, o->pairs.data, o->pairs.len) == TR_OK
-	         ? TR_OK
-	         : TR_ENOMEM;
+	/* b: the map header of our pairs, then the pairs. */
+	if (o->n <= 15)
+		hdr[0] = (unsigned char)(0x80u | o->n), hl = 1;
+	else if (o->n <= 0xffff)
+		hdr[0] = 0xde, hdr[1] = (unsigned char)(o->n >> 8), hdr[2] = (unsigned char)o->n, hl = 3;
+	else
+		hdr[0] = 0xdf, hdr[1] = (unsigned char)(o->n >> 24), hdr[2] = (unsigned char)(o->n >> 16),
+		hdr[3] = (unsigned char)(o->n >> 8), hdr[4] = (unsigned char)o->n, hl = 5;
+	/* The merge is written where the reply's body will be (no copy): at
+	 * most a's bytes, b's, and a map header grown by 4. */
+	rc = tr__body_buf_init(&out, alen + hl + o->pairs.len + 4);
 	if (rc == TR_OK) {
-		int has = req->body != NULL && req->body->len > 0;
-		rc = tr__mp_map_merge(has ? req->body->data : empty_map, has ? req->body->len : 1,
-		                      add.data, add.len, &out);
+		/* tr__mp_map_merge wants b in one piece: the header goes in
+		 * front of the pairs. */
+		rc = tr__buf_reserve(&o->pairs, hl);
+		if (rc == TR_OK) {
+			memmove(o->pairs.data + hl, o->pairs.data, o->pairs.len);
+			memcpy(o->pairs.data, hdr, hl);
+			o->pairs.len += hl;
+			rc = tr__mp_map_merge(a, alen, o->pairs.data, o->pairs.len, &out);
+		}
 	}
+	/* A merge of a checked body and pairs msgpack-c packed is valid as
+	 * made: mark it, so that the engine need not walk it again. */
+	int trusted = !o->raw && (!has || atomic_load_explicit(&req->body->checked,
+	                                                        memory_order_relaxed));
 	tr_msg *rep = rc == TR_OK ? tr_msg_new() : NULL;
-	if (rep != NULL && (rep->body = tr_body_new(out.data, out.len)) == NULL) {
+	if (rep != NULL && (rep->body = tr__body_from_buf(&out)) == NULL) {
 		tr_msg_free(rep);
 		rep = NULL;
 	}
-	tr_buf_free(&add);
+	if (rep != NULL && trusted)
+		tr__body_mark_checked(rep->body);
 	tr_buf_free(&out);
 	tr_kout_free(o);
 	if (rep == NULL)

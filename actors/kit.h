@@ -118,6 +118,10 @@ typedef struct tr_kout {
 	tr_buf pairs;
 	msgpack_packer pk;
 	uint32_t n;
+	/* Set by whoever appends bytes to `pairs` that msgpack-c did not pack
+	 * (a tool's converted result): the reply is then checked by the next
+	 * hop (tr_body_check), not trusted as made. */
+	uint8_t raw;
 } tr_kout;
 
 void tr_kout_init(tr_kout *o);

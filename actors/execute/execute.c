@@ -948,8 +948,10 @@ static int run_step(tr_ctx *ctx, exec_st *st, tr_msg *m, tr_kmsg *k)
 	pk = tr_kout_key(&o, "result");
 	if (st->out.len == 0)
 		msgpack_pack_nil(pk);
-	else
-		tr__buf_append(&o.pairs, st->out.data, st->out.len);
+	else {
+		o.raw = 1; /* converted by tr_lua_to_msgpack, not packed here */
+		(void)tr__buf_append(&o.pairs, st->out.data, st->out.len);
+	}
 	/* a reply to a gone asker is not our error */
 	(void)tr_kout_reply(ctx, m, &o);
 	return TR_OK;

@@ -66,6 +66,31 @@ tr_body *tr_body_ref(tr_body *b)
 	return b;
 }
 
+int tr__body_buf_init(tr_buf *b, size_t hint)
+{
+	tr_buf_init(b);
+	if (tr__buf_reserve(b, TR_BODY_HDR + hint) != TR_OK)
+		return TR_ENOMEM;
+	b->len = TR_BODY_HDR;
+	return TR_OK;
+}
+
+tr_body *tr__body_from_buf(tr_buf *b)
+{
+	/* b->data is tr__malloc'd (aligned for any type) and freed as a body
+	 * with tr__free: the same allocator. */
+	tr_body *body = (tr_body *)b->data;
+	if (body == NULL || b->len < TR_BODY_HDR || b->len - TR_BODY_HDR > UINT32_MAX) {
+		tr_buf_free(b);
+		return NULL;
+	}
+	atomic_init(&body->refs, 1);
+	atomic_init(&body->checked, 0);
+	body->len = (uint32_t)(b->len - TR_BODY_HDR);
+	tr_buf_init(b);
+	return body;
+}
+
 void tr_body_unref(tr_body *b)
 {
 	if (b == NULL)

@@ -46,6 +46,15 @@ static inline void tr__body_mark_checked(tr_body *b)
 	atomic_store_explicit(&b->checked, 1, memory_order_relaxed);
 }
 
+/* A body built in place: tr__body_buf_init leaves room for the body's
+ * header at the front of b (its bytes start at TR_BODY_HDR), and
+ * tr__body_from_buf turns b's storage into the body (one reference) and
+ * leaves b empty: no copy of what was written. NULL on OOM or past
+ * UINT32_MAX (b then freed). */
+#define TR_BODY_HDR offsetof(tr_body, data)
+int tr__body_buf_init(tr_buf *b, size_t hint);
+tr_body *tr__body_from_buf(tr_buf *b);
+
 /* Number of interned tenants, for tests and stats. */
 unsigned tr__tenant_count(void);
 
