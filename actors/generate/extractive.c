@@ -207,6 +207,27 @@ size_t tr_gen_clean(tr_buf *out, const char *s, size_t n, size_t max, int *more)
 			return (size_t)-1;
 		o = out->data + out->len;
 	}
+	/* Room for the worst case (every byte 3 out): no check of max per
+	 * byte. The usual case: the cost of a sentence, or one written in
+	 * full. */
+	if (n < SIZE_MAX / 3 && max >= 3 * n + 1) {
+		for (; i < n; i++) {
+			unsigned char c = u[i];
+			if (c - 0x21u < 0x5eu) { /* printable ASCII but space */
+				if (o != NULL) {
+					if (space)
+						o[w] = ' ';
+					o[w + (size_t)space] = c;
+				}
+				w += (size_t)space + 1;
+				space = 0;
+			} else if (c < 0x80) {
+				space = w > 0; /* white space and controls: one space, inside only */
+			} else {
+				break; /* the general loop below takes it from here */
+			}
+		}
+	}
 	while (i < n) {
 		/* ASCII, most of any text, inline: a printable byte is one
 		 * character, the rest white space or controls (a seq_len and a
