@@ -48,6 +48,7 @@
 #include "actors/generate/generate.h"
 #include "actors/generate/window.h"
 #include "core/alloc.h"
+#include "core/util.h"
 #include "msg/msg_int.h"
 
 #define QTERMS_MAX 32
@@ -190,6 +191,18 @@ int tr_gen_utf8_repair(tr_buf *out, const char *s, size_t n)
 	return tr__buf_append(out, s + run, n - run);
 }
 
+/* Writes ASCII byte c at o[*w] (o NULL: counts), after the pending space. */
+static inline void put_ascii(unsigned char *o, size_t *w, int *space, unsigned char c)
+{
+	if (o != NULL) {
+		if (*space)
+			o[*w] = ' ';
+		o[*w + (size_t)*space] = c;
+	}
+	*w += (size_t)*space + 1;
+	*space = 0;
+}
+
 size_t tr_gen_clean(tr_buf *out, const char *s, size_t n, size_t max, int *more)
 {
 	static const unsigned char fffd[3] = {0xef, 0xbf, 0xbd};
@@ -213,15 +226,9 @@ size_t tr_gen_clean(tr_buf *out, const char *s, size_t n, size_t max, int *more)
 	if (n < SIZE_MAX / 3 && max >= 3 * n + 1) {
 		for (; i < n; i++) {
 			unsigned char c = u[i];
-			if (c - 0x21u < 0x5eu) { /* printable ASCII but space */
-				if (o != NULL) {
-					if (space)
-						o[w] = ' ';
-					o[w + (size_t)space] = c;
-				}
-				w += (size_t)space + 1;
-				space = 0;
-			} else if (c < 0x80) {
+			if (c - 0x21u < 0x5eu) /* printable ASCII but space */
+				put_ascii(o, &w, &space, c);
+			else if (c < 0x80) {
 				space = w > 0; /* white space and controls: one space, inside only */
 			} else {
 				break; /* the general loop below takes it from here */
@@ -244,13 +251,7 @@ size_t tr_gen_clean(tr_buf *out, const char *s, size_t n, size_t max, int *more)
 					*more = 1;
 				break;
 			}
-			if (o != NULL) {
-				if (space)
-					o[w] = ' ';
-				o[w + (size_t)space] = c;
-			}
-			w += (size_t)space + 1;
-			space = 0;
+			put_ascii(o, &w, &space, c);
 			i++;
 			continue;
 		}
@@ -544,15 +545,25 @@ static int line_ends_sentence(const unsigned char *u, size_t i, size_t n)
 	return 0;
 }
 
+/* The array v of *cap elements, doubled (first: its first size); NULL
+ * on OOM (v unchanged). */
+static void *grow(void *v, uint32_t *cap, size_t elem, uint32_t first)
+{
+	uint32_t c = *cap ? 2 * *cap : first;
+	void *nv = tr__realloc(v, (size_t)c * elem);
+	if (nv != NULL)
+		*cap = c;
+	return nv;
+}
+
 /* Appends to the scratch tokens: a sentence or a word. */
 static int tk_sent(toks *k, size_t off, size_t end, uint32_t w0, int words)
 {
 	if (k->sn == k->scap) {
-		uint32_t cap = k->scap ? 2 * k->scap : 64;
-		tsent *nv = tr__realloc(k->sv, cap * sizeof(*nv));
+		tsent *nv = grow(k->sv, &k->scap, sizeof(*nv), 64);
 		if (nv == NULL)
 			return TR_ENOMEM;
-		k->sv = nv, k->scap = cap;
+		k->sv = nv;
 	}
 	k->sv[k->sn++] = (tsent){.off = (uint32_t)off, .end = (uint32_t)end, .w0 = w0,
 	                         .wn = k->wn - w0, .words = (uint32_t)words};
@@ -562,11 +573,10 @@ static int tk_sent(toks *k, size_t off, size_t end, uint32_t w0, int words)
 static int tk_word(toks *k, size_t off, size_t len, uint64_t h)
 {
 	if (k->wn == k->wcap) {
-		uint32_t cap = k->wcap ? 2 * k->wcap : 256;
-		tword *nv = tr__realloc(k->wv, cap * sizeof(*nv));
+		tword *nv = grow(k->wv, &k->wcap, sizeof(*nv), 256);
 		if (nv == NULL)
 			return TR_ENOMEM;
-		k->wv = nv, k->wcap = cap;
+		k->wv = nv;
 	}
 	k->wv[k->wn++] = (tword){.off = (uint32_t)off, .len = (uint32_t)len, .h = h};
 	return TR_OK;
@@ -667,23 +677,6 @@ static int apply(tr_gen_ex *x, uint32_t psg, const char *t, const tsent *sv, uin
 	return TR_OK;
 }
 
-/* The cache's hash of a passage: eight bytes a round (a hit still
- * compares the text in full). */
-static uint64_t text_hash(const char *p, size_t n)
-{
-	uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n, w;
-	for (; n >= 8; p += 8, n -= 8) {
-		memcpy(&w, p, 8);
-		h = (h ^ w) * 0xff51afd7ed558ccdull;
-		h ^= h >> 32;
-	}
-	w = 0;
-	if (n > 0)
-		memcpy(&w, p, n);
-	h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
-	return h ^ (h >> 29);
-}
-
 /* Keeps the scratch tokens of t[0..n) in the slot (best effort: out of
  * memory only means not cached). */
 static void cache_put(tr_gen_ex *x, unsigned slot, uint64_t h, const char *t, size_t n)
@@ -714,7 +707,7 @@ static void cache_put(tr_gen_ex *x, unsigned slot, uint64_t h, const char *t, si
 static int scan(tr_gen_ex *x, uint32_t psg, const char *t, size_t n)
 {
 	if (n <= TOK_CACHE_LEN) {
-		uint64_t h = text_hash(t, n);
+		uint64_t h = tr__hash_bytes(t, n);
 		unsigned slot = (unsigned)(h % TOK_CACHE_SLOTS);
 		const tcache_ent *e = x->cache[slot];
 		if (e != NULL && e->h == h && e->n == n && memcmp(e->text, t, n) == 0) {

@@ -35,6 +35,7 @@
 #include <mbedtls/sha256.h>
 
 #include "core/alloc.h"
+#include "core/util.h"
 #include "db/redis.h"
 #include "lua/tlua.h"
 #include "msg/msg_int.h"
@@ -1177,25 +1178,10 @@ static void parallel_start(tr_ctx *ctx, engine *e, fiber *f, const tr_step *s)
 /* coalescing and caching                                              */
 
 /* The in-memory maps' hash of a cache or coalescing key (the step's
- * whole input: kilobytes with passages). Eight bytes a round, each mixed
- * by a multiply and a shift (as in murmur3's finalizer); byte-at-a-time
- * FNV-1a was 3 % of the default assistant's CPU. Never leaves the node
- * (the maps compare the keys in full on a hit), so it may change. */
+ * whole input: kilobytes with passages). */
 static uint64_t key_hash(const void *p, size_t n)
 {
-	const unsigned char *b = p;
-	uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n, w;
-	for (; n >= 8; b += 8, n -= 8) {
-		memcpy(&w, b, 8);
-		h = (h ^ w) * 0xff51afd7ed558ccdull;
-		h ^= h >> 32;
-	}
-	w = 0;
-	if (n > 0)
-		memcpy(&w, b, n);
-	h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
-	h ^= h >> 29;
-	return h | 1; /* 0 is the maps' empty key */
+	return tr__hash_bytes(p, n) | 1; /* 0 is the maps' empty key */
 }
 
 /* Appends a NUL-terminated string and the run's tenant id to a key. */
