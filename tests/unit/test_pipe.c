@@ -1093,7 +1093,7 @@ static void pack_random(msgpack_packer *pk, int depth)
 	case 0: msgpack_pack_nil(pk); break;
 	case 1: sz_rnd(2) ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
 	case 2: msgpack_pack_uint64(pk, (uint64_t)sz_rnd(1000000) << sz_rnd(40)); break;
-	case 3: msgpack_pack_int64(pk, -(int64_t)sz_rnd(1000000) << sz_rnd(30)); break;
+	case 3: msgpack_pack_int64(pk, -(int64_t)((uint64_t)sz_rnd(1000000) << sz_rnd(30))); break;
 	case 4: msgpack_pack_float(pk, 1.5f); break;
 	case 5: msgpack_pack_double(pk, 0.1 * sz_rnd(100)); break;
 	case 6: case 7: {
