@@ -395,36 +395,16 @@ int tr_kpack_str(msgpack_packer *pk, const char *s, size_t n)
 int tr_kout_reply(tr_ctx *ctx, const tr_msg *req, tr_kout *o)
 {
 	static const unsigned char empty_map[] = {0x80};
-	unsigned char hdr[5];
-	size_t hl;
 	tr_buf out;
-	int rc;
 	int has = req->body != NULL && req->body->len > 0;
 	const unsigned char *a = has ? req->body->data : empty_map;
 	size_t alen = has ? req->body->len : 1;
 
-	/* b: the map header of our pairs, then the pairs. */
-	if (o->n <= 15)
-		hdr[0] = (unsigned char)(0x80u | o->n), hl = 1;
-	else if (o->n <= 0xffff)
-		hdr[0] = 0xde, hdr[1] = (unsigned char)(o->n >> 8), hdr[2] = (unsigned char)o->n, hl = 3;
-	else
-		hdr[0] = 0xdf, hdr[1] = (unsigned char)(o->n >> 24), hdr[2] = (unsigned char)(o->n >> 16),
-		hdr[3] = (unsigned char)(o->n >> 8), hdr[4] = (unsigned char)o->n, hl = 5;
 	/* The merge is written where the reply's body will be (no copy): at
-	 * most a's bytes, b's, and a map header grown by 4. */
-	rc = tr__body_buf_init(&out, alen + hl + o->pairs.len + 4);
-	if (rc == TR_OK) {
-		/* tr__mp_map_merge wants b in one piece: the header goes in
-		 * front of the pairs. */
-		rc = tr__buf_reserve(&o->pairs, hl);
-		if (rc == TR_OK) {
-			memmove(o->pairs.data + hl, o->pairs.data, o->pairs.len);
-			memcpy(o->pairs.data, hdr, hl);
-			o->pairs.len += hl;
-			rc = tr__mp_map_merge(a, alen, o->pairs.data, o->pairs.len, &out);
-		}
-	}
+	 * most a's bytes, the pairs, and a map header grown by 4. */
+	int rc = tr__body_buf_init(&out, alen + o->pairs.len + 4);
+	if (rc == TR_OK)
+		rc = tr__mp_map_merge_entries(a, alen, o->pairs.data, o->pairs.len, o->n, &out);
 	/* A merge of a checked body and pairs msgpack-c packed is valid as
 	 * made: mark it, so that the engine need not walk it again. */
 	int trusted = !o->raw && (!has || atomic_load_explicit(&req->body->checked,

@@ -270,17 +270,17 @@ int tr__mp_pack_cstr(msgpack_packer *pk, const char *s)
 	return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n) ? TR_ENOMEM : TR_OK;
 }
 
-/* Whether key bytes k (one object) equal some key of map b. */
-static int has_key(const unsigned char *b, size_t bhdr, uint32_t bn, const unsigned char *k,
-                   size_t kn)
+/* Whether key bytes k (one object) equal the key of one of the bn
+ * entries at e. */
+static int has_key(const unsigned char *e, uint32_t bn, const unsigned char *k, size_t kn)
 {
-	size_t pos = bhdr;
+	size_t pos = 0;
 	for (uint32_t i = 0; i < bn; i++) {
-		size_t ks = tr__mp_size(b + pos);
-		if (ks == kn && memcmp(b + pos, k, kn) == 0)
+		size_t ks = tr__mp_size(e + pos);
+		if (ks == kn && memcmp(e + pos, k, kn) == 0)
 			return 1;
 		pos += ks;
-		pos += tr__mp_size(b + pos);
+		pos += tr__mp_size(e + pos);
 	}
 	return 0;
 }
@@ -289,56 +289,55 @@ static int has_key(const unsigned char *b, size_t bhdr, uint32_t bn, const unsig
  * every entry of a (the whole message). */
 #define MERGE_KEYS 16
 typedef struct bkeys {
-	const unsigned char *b;
-	size_t bhdr;
+	const unsigned char *e; /* b's first entry */
 	uint32_t bn;
 	int indexed; /* bn <= MERGE_KEYS: k/n hold them */
 	const unsigned char *k[MERGE_KEYS];
 	size_t n[MERGE_KEYS];
 } bkeys;
 
-static void bkeys_init(bkeys *x, const unsigned char *b, size_t bhdr, uint32_t bn)
+static void bkeys_init(bkeys *x, const unsigned char *e, uint32_t bn)
 {
-	x->b = b, x->bhdr = bhdr, x->bn = bn;
+	x->e = e, x->bn = bn;
 	x->indexed = bn <= MERGE_KEYS;
 	if (!x->indexed)
 		return;
-	size_t pos = bhdr;
+	size_t pos = 0;
 	for (uint32_t i = 0; i < bn; i++) {
-		x->k[i] = b + pos;
-		x->n[i] = tr__mp_size(b + pos);
+		x->k[i] = e + pos;
+		x->n[i] = tr__mp_size(e + pos);
 		pos += x->n[i];
-		pos += tr__mp_size(b + pos);
+		pos += tr__mp_size(e + pos);
 	}
 }
 
 static int bkeys_has(const bkeys *x, const unsigned char *k, size_t kn)
 {
 	if (!x->indexed)
-		return has_key(x->b, x->bhdr, x->bn, k, kn);
+		return has_key(x->e, x->bn, k, kn);
 	for (uint32_t i = 0; i < x->bn; i++)
 		if (x->n[i] == kn && memcmp(x->k[i], k, kn) == 0)
 			return 1;
 	return 0;
 }
 
-int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
-                     size_t blen, tr_buf *out)
+int tr__mp_map_merge_entries(const unsigned char *a, size_t alen, const unsigned char *e,
+                             size_t elen, uint32_t bn, tr_buf *out)
 {
-	uint32_t an, bn, keep = 0;
-	size_t ahdr, bhdr, pos;
+	uint32_t an, keep = 0;
+	size_t ahdr, pos;
 	msgpack_packer pk;
 	size_t start = out->len;
 	bkeys bk;
 
-	if (map_head(a, alen, &an, &ahdr) != 0 || map_head(b, blen, &bn, &bhdr) != 0)
+	if (map_head(a, alen, &an, &ahdr) != 0)
 		return TR_EINVAL;
-	bkeys_init(&bk, b, bhdr, bn);
+	bkeys_init(&bk, e, bn);
 	if ((uint64_t)an + bn <= 15) {
 		/* The result is a fixmap whatever b overrides: one pass over a
 		 * (whose values, the passages among them, are the long part),
 		 * the header byte written last. */
-		if (tr__buf_reserve(out, 1 + alen + blen) != TR_OK)
+		if (tr__buf_reserve(out, 1 + alen + elen) != TR_OK)
 			return TR_ENOMEM;
 		out->len++;
 		pos = ahdr;
@@ -350,7 +349,7 @@ int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b
 			}
 			pos += ks + vs;
 		}
-		(void)tr__buf_append(out, b + bhdr, blen - bhdr);
+		(void)tr__buf_append(out, e, elen);
 		out->data[start] = (unsigned char)(0x80u | (keep + bn));
 		return TR_OK;
 	}
@@ -374,10 +373,20 @@ int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b
 			goto nomem;
 		pos += ks + vs;
 	}
-	if (tr__buf_append(out, b + bhdr, blen - bhdr) != TR_OK)
+	if (tr__buf_append(out, e, elen) != TR_OK)
 		goto nomem;
 	return TR_OK;
 nomem:
 	out->len = start;
 	return TR_ENOMEM;
+}
+
+int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
+                     size_t blen, tr_buf *out)
+{
+	uint32_t bn;
+	size_t bhdr;
+	if (map_head(b, blen, &bn, &bhdr) != 0)
+		return TR_EINVAL;
+	return tr__mp_map_merge_entries(a, alen, b + bhdr, blen - bhdr, bn, out);
 }

@@ -52,6 +52,10 @@ int tr__mp_str(const unsigned char *v, size_t vlen, const char **s, size_t *n);
  * for a key in both). Both must be maps. */
 int tr__mp_map_merge(const unsigned char *a, size_t alen, const unsigned char *b,
                      size_t blen, tr_buf *out);
+/* The same with b given as its bn entries e[0..elen) without the map
+ * header (a tr_kout's pairs, as packed). */
+int tr__mp_map_merge_entries(const unsigned char *a, size_t alen, const unsigned char *e,
+                             size_t elen, uint32_t bn, tr_buf *out);
 
 /* Appends to `out` the map p with only the entries whose key is one of
  * keys[0..nkeys) (str keys; the order of p). TR_OK, TR_EINVAL if p is not
