@@ -571,6 +571,18 @@ static int live(int st)
 	return st == TR_MEMBER_ALIVE || st == TR_MEMBER_SUSPECT;
 }
 
+static _Atomic uint32_t late_up_test; /* tr__cluster_test_late_up */
+
+member *tr__cl_linked_member(cstate *cs, uint32_t node)
+{
+	for (unsigned i = 1; i < cs->nmem; i++) {
+		member *m = &cs->mem[i];
+		if (m->m.node_id == node && m->pipe != 0 && live(m->m.state))
+			return m;
+	}
+	return NULL;
+}
+
 /* A free entry: a new one, or the oldest down/left one; NULL when full. */
 static member *mem_add(cstate *cs)
 {
@@ -1001,9 +1013,11 @@ static void on_up_frame(cstate *cs, clink *l, unsigned t, const unsigned char *p
 	}
 	if (cs->leaving && t != F_LEAVE_ACK)
 		return;
-	if (!m->data_ready) {
+	if (!m->data_ready &&
+	    atomic_load_explicit(&late_up_test, memory_order_relaxed) != c->node_id) {
 		/* It sends this only after accepting us: both ends know each
-		 * other now, the data link can start. */
+		 * other now, the data link can start. (Its first batch may
+		 * come before this frame: remote.c's early_peer.) */
 		m->data_ready = 1;
 		tr__cl_peer_up(cs, m);
 	}
@@ -1830,6 +1844,12 @@ int tr_cluster_port(const tr_cluster *c)
 void tr_cluster_free(tr_cluster *c)
 {
 	cluster_free(c);
+}
+
+/* Relaxed: set before the node it names starts, read by its loop. */
+void tr__cluster_test_late_up(uint32_t node_id)
+{
+	atomic_store_explicit(&late_up_test, node_id, memory_order_relaxed);
 }
 
 void tr__cluster_test_ignore_pings(tr_cluster *c, uint32_t node_id)

@@ -181,5 +181,9 @@ uint64_t tr__cluster_test_confirmations(const tr_cluster *c);
  * 1.5.2's close hang, see cluster.c close_bounded): tr_cluster_free then
  * leaves the handle allocated. Read it before tr_cluster_free. */
 int tr__cluster_test_close_stuck(const tr_cluster *c);
+/* Process-wide, set before the node starts (tests/unit/test_remote.c): the
+ * node whose own id is `node_id` never starts a data link from an up
+ * frame, only from the peer's first batch (remote.c early_peer). 0: off. */
+void tr__cluster_test_late_up(uint32_t node_id);
 
 #endif

@@ -274,6 +274,8 @@ void tr__cl_bump(atomic_uint_fast64_t *a);
 int tr__cl_token(const tr_cluster *c, const char *from, uint64_t from_inc, const char *to,
                  uint64_t to_inc, unsigned char out[TOKEN_LEN]);
 int tr__cl_ct_equal(const unsigned char *a, const unsigned char *b, size_t n);
+/* The live member with node id `node` whose link we accepted, or NULL. */
+member *tr__cl_linked_member(cstate *cs, uint32_t node);
 void tr__cl_aio_cb(void *arg); /* nng threads: queue the slot, wake the loop */
 /* Every listener and dialer the cluster makes goes through these two
  * (options, TLS). nng error codes. */

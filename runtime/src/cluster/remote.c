@@ -17,7 +17,9 @@
  *    it, and it is fixed for the two lives, so the two links a
  *    simultaneous dial makes cannot disagree about it. A batch from an
  *    unknown sender or with a wrong token is counted and dropped, and its
- *    pipe closed. (On plain tcp an eavesdropper can copy a token, as it
+ *    pipe closed; one from a member we accepted but whose up frame has
+ *    not come yet (it travels on the membership socket and can be
+ *    overtaken) starts the link (early_peer). (On plain tcp an eavesdropper can copy a token, as it
  *    can read everything else: use TLS between untrusted networks.)
  *  - The path. tr__deliver hands a message for another node to our
  *    hook (any thread), which queues it in the cluster actor's own
@@ -715,6 +717,27 @@ static int check_batch(const unsigned char *b, size_t len)
 	return off == len ? 0 : -1;
 }
 
+/* A batch from a member whose data link we have not started (or started
+ * for its previous life): it may send as soon as it takes the up frame
+ * we sent on the membership link, and that batch, on another socket,
+ * can come before the up frame it sent us. Its token proves it accepted
+ * this life of ours, so we start the link now instead of dropping the
+ * batch. NULL when the token is not the one of a member we accepted. */
+static peer *early_peer(cstate *cs, uint32_t node, const unsigned char *tok)
+{
+	tr_cluster *c = cs->c;
+	unsigned char want[TOKEN_LEN];
+	member *m = tr__cl_linked_member(cs, node);
+	if (m == NULL ||
+	    tr__cl_token(c, m->m.name, m->m.incarnation, c->name, c->incarnation, want) != TR_OK ||
+	    !tr__cl_ct_equal(tok, want, TOKEN_LEN))
+		return NULL;
+	m->data_ready = 1;
+	tr__cl_peer_up(cs, m);
+	peer *p = peer_up(c, node);
+	return p != NULL && tr__cl_ct_equal(tok, p->tok_in, TOKEN_LEN) ? p : NULL;
+}
+
 /* A batch off the wire (nm is ours to free). */
 static void on_batch(cstate *cs, nng_msg *nm)
 {
@@ -722,9 +745,12 @@ static void on_batch(cstate *cs, nng_msg *nm)
 	const unsigned char *b = nng_msg_body(nm);
 	size_t len = nng_msg_len(nm);
 	peer *p = NULL;
-	if (len >= DHDR && memcmp(b, "TRB", 3) == 0 && b[3] == DATA_VERSION)
+	if (len >= DHDR && memcmp(b, "TRB", 3) == 0 && b[3] == DATA_VERSION) {
 		p = peer_up(c, rd32(b + 4));
-	if (p == NULL || !tr__cl_ct_equal(b + 8, p->tok_in, TOKEN_LEN)) {
+		if (p == NULL || !tr__cl_ct_equal(b + 8, p->tok_in, TOKEN_LEN))
+			p = early_peer(cs, rd32(b + 4), b + 8);
+	}
+	if (p == NULL) {
 		tr__cl_bump(&c->st.bad_batches);
 		nng_pipe_close(nng_msg_get_pipe(nm)); /* not a member's: hang up */
 		nng_msg_free(nm);
