@@ -19,8 +19,9 @@
  *    unknown sender or with a wrong token is counted and dropped, and its
  *    pipe closed; one from a member we accepted but whose up frame has
  *    not come yet (it travels on the membership socket and can be
- *    overtaken) starts the link (early_peer). (On plain tcp an eavesdropper can copy a token, as it
- *    can read everything else: use TLS between untrusted networks.)
+ *    overtaken) starts the link (early_peer). (On plain tcp an
+ *    eavesdropper can copy a token, as it can read everything else: use
+ *    TLS between untrusted networks.)
  *  - The path. tr__deliver hands a message for another node to our
  *    hook (any thread), which queues it in the cluster actor's own
  *    mailbox (tr__enqueue_at leaves m->to alone; the mailbox rejects when
