@@ -850,20 +850,17 @@ static void accept_peer(cstate *cs, clink *l)
 	int rejoin = 0;
 	if (m != NULL) {
 		clink *e = m->pipe != 0 ? link_find(cs, m->pipe) : NULL;
-		if (e != NULL && !e->closing && m->m.incarnation != pm->incarnation &&
-		    !live(m->m.state) && pm->incarnation > m->m.incarnation) {
+		if (e != NULL && !e->closing && m->m.incarnation != pm->incarnation) {
+			if (live(m->m.state) || pm->incarnation < m->m.incarnation) {
+				refuse(cs, l); /* the name is taken by a member we still reach */
+				return;
+			}
 			/* A new life of a node that left or is down: its old link
 			 * is stale (the old socket's close may hang, nng #1543,
 			 * and leave it open). Drop it, take this one. */
 			link_close(cs, e);
 			mem_unlink(cs, m);
-			e = NULL;
-		}
-		if (e != NULL && !e->closing) {
-			if (m->m.incarnation != pm->incarnation) {
-				refuse(cs, l); /* the name is taken by a member we still reach */
-				return;
-			}
+		} else if (e != NULL && !e->closing) {
 			/* A second link to the same node: keep one. */
 			if (link_better(cs, l, e)) {
 				l->st = L_UP;

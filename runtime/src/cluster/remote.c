@@ -747,9 +747,10 @@ static void on_batch(cstate *cs, nng_msg *nm)
 	size_t len = nng_msg_len(nm);
 	peer *p = NULL;
 	if (len >= DHDR && memcmp(b, "TRB", 3) == 0 && b[3] == DATA_VERSION) {
-		p = peer_up(c, rd32(b + 4));
+		uint32_t from = rd32(b + 4);
+		p = peer_up(c, from);
 		if (p == NULL || !tr__cl_ct_equal(b + 8, p->tok_in, TOKEN_LEN))
-			p = early_peer(cs, rd32(b + 4), b + 8);
+			p = early_peer(cs, from, b + 8);
 	}
 	if (p == NULL) {
 		tr__cl_bump(&c->st.bad_batches);
