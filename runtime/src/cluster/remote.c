@@ -318,9 +318,35 @@ static int ready_room(peer *p)
 	return TR_OK;
 }
 
-/* Starts sends of sealed batches while fewer than SENDS_MAX are out. */
+/* Hands nm to the push socket now if it can take it without waiting:
+ * 0, or nng's error (nm is still ours). The aio has no callback, so nng
+ * completes it inside nng_send_aio (push's fast path hands it to a ready
+ * pipe or its queue; with a zero timeout a full socket fails at once)
+ * and no task thread or loop wake-up follows, as a completion callback
+ * would cost: on a link with one message at a time (an ask, its reply)
+ * that is two thread hand-offs saved per message. */
+static int try_send(tr_cluster *c, peer *p, nng_msg *nm)
+{
+	nng_aio_set_timeout(c->dtry, NNG_DURATION_ZERO);
+	nng_aio_set_msg(c->dtry, nm);
+	nng_send_aio(p->push, c->dtry);
+	nng_aio_wait(c->dtry);
+	int rv = nng_aio_result(c->dtry);
+	if (rv != 0)
+		nng_aio_set_msg(c->dtry, NULL);
+	return rv;
+}
+
+/* Starts sends of sealed batches while fewer than SENDS_MAX are out. An
+ * idle link (no send outstanding, so nothing it could overtake) tries
+ * the non-blocking send first. */
 static void pump(tr_cluster *c, peer *p)
 {
+	while (p->push_open && p->sending == 0 && p->rlen > 0 &&
+	       try_send(c, p, p->ready[p->rhead]) == 0) {
+		p->rhead = (p->rhead + 1) % p->rcap;
+		p->rlen--;
+	}
 	while (p->push_open && p->sending < SENDS_MAX && p->rlen > 0) {
 		slot *s = dslot_get(c);
 		if (s == NULL)
@@ -1093,6 +1119,8 @@ int tr__cl_data_alloc(tr_cluster *c)
 	if (uv_rwlock_init(&c->nmu) != 0)
 		return TR_ENOMEM;
 	c->nmu_init = 1;
+	if (nng_aio_alloc(&c->dtry, NULL, NULL) != 0)
+		return TR_ENOMEM;
 	for (unsigned k = 0; k < K_DRECV; k++) {
 		c->drecv[k].c = c;
 		c->drecv[k].q.kind = Q_DRECV;
@@ -1104,6 +1132,8 @@ int tr__cl_data_alloc(tr_cluster *c)
 
 void tr__cl_data_free(tr_cluster *c)
 {
+	if (c->dtry != NULL)
+		nng_aio_free(c->dtry);
 	for (unsigned k = 0; k < K_DRECV; k++)
 		if (c->drecv[k].aio != NULL)
 			nng_aio_free(c->drecv[k].aio);
