@@ -184,8 +184,6 @@ struct tr_cluster {
 	int dsock_open;
 	slot drecv[K_DRECV];
 	slot *dsend_all, *dsend_free; /* batch send aios (loop only) */
-	nng_aio *dtry;                /* loop only: the non-blocking send of an idle
-	                               * link (no callback: completes in the call) */
 	peer peers[PEERS_MAX];
 	uv_rwlock_t nmu;         /* peers' names */
 	atomic_int retired;      /* tr_cluster_retire: publish no names (relaxed: the tick polls it) */

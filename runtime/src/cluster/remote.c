@@ -319,22 +319,18 @@ static int ready_room(peer *p)
 }
 
 /* Hands nm to the push socket now if it can take it without waiting:
- * 0, or nng's error (nm is still ours). The aio has no callback, so nng
- * completes it inside nng_send_aio (push's fast path hands it to a ready
- * pipe or its queue; with a zero timeout a full socket fails at once)
- * and no task thread or loop wake-up follows, as a completion callback
- * would cost: on a link with one message at a time (an ask, its reply)
- * that is two thread hand-offs saved per message. */
-static int try_send(tr_cluster *c, peer *p, nng_msg *nm)
+ * 0, or nng's error (nm is still ours). nng_sendmsg's non-blocking send
+ * completes inside the call (push's fast path hands nm to a ready pipe
+ * or its queue, or fails at once), so no completion task and no loop
+ * wake-up follow, as an aio callback would cost: on a link with one
+ * message at a time (an ask, its reply) two thread hand-offs saved per
+ * message. It allocates an aio per call; a reused callback-less aio with
+ * a zero timeout would not: nng 1.5.2 panics (aio.c:331, a_cancel_fn)
+ * when such an aio is used again after a send that failed (seen in
+ * bench/nngfloor pinned to one CPU). */
+static int try_send(peer *p, nng_msg *nm)
 {
-	nng_aio_set_timeout(c->dtry, NNG_DURATION_ZERO);
-	nng_aio_set_msg(c->dtry, nm);
-	nng_send_aio(p->push, c->dtry);
-	nng_aio_wait(c->dtry);
-	int rv = nng_aio_result(c->dtry);
-	if (rv != 0)
-		nng_aio_set_msg(c->dtry, NULL);
-	return rv;
+	return nng_sendmsg(p->push, nm, NNG_FLAG_NONBLOCK);
 }
 
 /* Starts sends of sealed batches while fewer than SENDS_MAX are out. An
@@ -343,7 +339,7 @@ static int try_send(tr_cluster *c, peer *p, nng_msg *nm)
 static void pump(tr_cluster *c, peer *p)
 {
 	while (p->push_open && p->sending == 0 && p->rlen > 0 &&
-	       try_send(c, p, p->ready[p->rhead]) == 0) {
+	       try_send(p, p->ready[p->rhead]) == 0) {
 		p->rhead = (p->rhead + 1) % p->rcap;
 		p->rlen--;
 	}
@@ -1119,8 +1115,6 @@ int tr__cl_data_alloc(tr_cluster *c)
 	if (uv_rwlock_init(&c->nmu) != 0)
 		return TR_ENOMEM;
 	c->nmu_init = 1;
-	if (nng_aio_alloc(&c->dtry, NULL, NULL) != 0)
-		return TR_ENOMEM;
 	for (unsigned k = 0; k < K_DRECV; k++) {
 		c->drecv[k].c = c;
 		c->drecv[k].q.kind = Q_DRECV;
@@ -1132,8 +1126,6 @@ int tr__cl_data_alloc(tr_cluster *c)
 
 void tr__cl_data_free(tr_cluster *c)
 {
-	if (c->dtry != NULL)
-		nng_aio_free(c->dtry);
 	for (unsigned k = 0; k < K_DRECV; k++)
 		if (c->drecv[k].aio != NULL)
 			nng_aio_free(c->drecv[k].aio);
